@@ -1,0 +1,3 @@
+from covidreg.cli import main
+
+main()

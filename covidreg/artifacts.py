@@ -1,0 +1,272 @@
+"""Run directories and the files in them, every one written atomically.
+
+A file is written to a temporary name in its own directory and then ``os.replace``d onto its
+final name, so an interrupted run leaves either the previous file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from covidreg import __version__
+from covidreg.errors import CovidRegError
+
+CHECKPOINT_FORMAT = "covidreg-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+
+    ``durable`` also flushes the data to disk before the rename (survives a power loss, not
+    only a killed process); the periodic training state skips it, it is rewritten often.
+    """
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
+    with atomic_path(path, durable) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def write_predictions(path: str | Path, ids: Sequence[int], values: Sequence[float]) -> None:
+    """Kaggle submission format: ``id,tested_positive``."""
+    write_csv(
+        path,
+        ["id", "tested_positive"],
+        [(int(i), repr(float(v))) for i, v in zip(ids, values, strict=True)],
+    )
+
+
+# --- run directories -----------------------------------------------------------------------------
+
+
+def ensure_writable_dir(path: str | Path, what: str = "output directory") -> Path:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CovidRegError(f"{what} {path} is a file; pass a directory path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CovidRegError(f"cannot create {what} {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CovidRegError(f"{what} {path} is not writable; choose another with --out")
+    return path
+
+
+def check_output_target(out: str | Path | None, what: str = "output directory") -> None:
+    """Fail before any work if ``out`` could not be created or written."""
+    if out is None:
+        return
+    path = Path(out)
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CovidRegError(f"{what} {path}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CovidRegError(f"{what} {path} is not writable ({probe}); choose another with --out")
+
+
+def new_run_dir(base: str | Path, name: str) -> Path:
+    """A fresh ``base/<timestamp>-<name>`` directory (suffixed if that exists already)."""
+    base = ensure_writable_dir(base, "runs directory")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        suffix = "" if attempt == 0 else f"-{attempt}"
+        path = base / f"{stamp}-{name}{suffix}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise CovidRegError(f"could not create a new run directory under {base}")  # pragma: no cover
+
+
+# --- provenance ----------------------------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    """The commit of the covidreg source tree, when it is a git checkout."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment_info(device: str, seed: int, deterministic: bool) -> dict[str, Any]:
+    import numpy
+    import torch
+
+    return {
+        "covidreg": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        "seed": seed,
+        "deterministic": deterministic,
+        "git_commit": git_commit(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any], durable: bool = True) -> None:
+    """Save tensors and plain Python types only, atomically."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **payload}, buffer
+    )
+    write_bytes(path, buffer.getvalue(), durable)
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """Load with ``weights_only=True``; anything else than a covidreg checkpoint is refused."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        raise CovidRegError(f"{what} {path} is a directory; pass the model.pt file inside it")
+    if not path.exists():
+        raise CovidRegError(f"{what} {path} does not exist; pass a model.pt written by covidreg")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CovidRegError(
+            f"{what} {path} was refused: it holds objects that weights_only loading does not "
+            f"allow ({first[:160]}); only load checkpoints written by covidreg"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise CovidRegError(
+            f"{what} {path} cannot be read (truncated or not a PyTorch file: {reason}); "
+            "retrain or copy the file again"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CovidRegError(f"{what} {path} is not a covidreg checkpoint (no covidreg header)")
+    if data.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise CovidRegError(
+            f"{what} {path} was written by a newer covidreg (format {data['format_version']}); "
+            "upgrade covidreg"
+        )
+    return data
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig: Any, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    _pyplot().close(fig)
+    write_bytes(path, buffer.getvalue())
+
+
+def plot_learning_curve(
+    path: str | Path,
+    curves: Sequence[tuple[str, Sequence[int], Sequence[float], Sequence[float]]],
+    best_epochs: Sequence[int] = (),
+) -> None:
+    """Train and valid MSE per epoch (log scale) for one or more runs: (label, epochs, tr, va)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (label, epochs, train, valid) in enumerate(curves):
+        color = f"C{i % 10}"
+        prefix = f"{label} " if label else ""
+        ax.plot(epochs, train, color=color, alpha=0.45, lw=1, label=f"{prefix}train")
+        ax.plot(epochs, valid, color=color, lw=1.4, label=f"{prefix}valid")
+    for best in best_epochs:
+        ax.axvline(best, color="grey", ls=":", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE")
+    ax.set_title("Learning curve" + (" (dotted: best epoch)" if best_epochs else ""))
+    ax.legend(fontsize=7, ncol=2 if len(curves) > 2 else 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_predictions(
+    path: str | Path, truth: Sequence[float], pred: Sequence[float], rmse: float
+) -> None:
+    """Predicted vs true tested_positive on the validation rows."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(truth, pred, s=8, alpha=0.6)
+    lo = min(min(truth), min(pred))
+    hi = max(max(truth), max(pred))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+    ax.set_xlabel("true tested_positive")
+    ax.set_ylabel("predicted tested_positive")
+    ax.set_title(f"Validation predictions (RMSE {rmse:.4f})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, path)

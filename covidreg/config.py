@@ -1,0 +1,339 @@
+"""One typed configuration: every default lives here; TOML files and CLI flags override it.
+
+Precedence is defaults -> ``--config`` TOML file -> CLI flags. ``resolve_config`` applies it and
+rejects unknown keys, wrong types and out-of-range values by name. This module imports only the
+standard library, so the CLI can show ``--help`` without loading torch or pandas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from covidreg.errors import CovidRegError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Split = Literal["blocked", "random", "interleaved"]
+Activation = Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "selu"]
+InitScheme = Literal[
+    "default",
+    "uniform",
+    "normal",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "orthogonal",
+    "trunc_normal",
+    "zeros",
+    "constant",
+]
+BiasInit = Literal["default", "zeros", "constant"]
+OptimizerName = Literal["sgd", "adagrad", "rmsprop", "adam", "adamw"]
+SchedulerName = Literal["none", "step", "exponential", "cosine", "plateau"]
+Target = Literal["level", "delta"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _opt(default: Any, help: str, group: str) -> Any:
+    """A config field with its help text (shown by the CLI) and its section of the reference."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, "group": group})
+    return field(default=default, metadata={"help": help, "group": group})
+
+
+@dataclass
+class Config:
+    """Every setting of a run. The defaults are the project's recommended setup."""
+
+    # --- data ---
+    train_csv: str = _opt(
+        "data/covid.train.csv", "Training CSV (HW01 schema, with target).", "data"
+    )
+    test_csv: str = _opt(
+        "data/covid.test.csv", "Test CSV to predict (HW01 schema, no target); '' skips it.", "data"
+    )
+    features: list[str] = _opt(
+        ["strong"],
+        "Feature preset (all, target_only, strong, strong_states) or comma-separated names "
+        "such as cli_d1,tested_positive_d2.",
+        "data",
+    )
+    split: str = _opt(
+        "blocked",
+        "Validation split: blocked (whole stretches of days per state, neighbours purged; "
+        "honest), random or interleaved (every k-th row, as the course sample code; both leak).",
+        "data",
+    )
+    valid_ratio: float = _opt(0.2, "Fraction of rows held out for validation.", "data")
+    purge: int = _opt(
+        2, "Blocked split: windows dropped on each side of the validation block.", "data"
+    )
+    normalize: bool = _opt(
+        True,
+        "Standardise continuous features with statistics fitted on the training split.",
+        "data",
+    )
+    target: str = _opt(
+        "level",
+        "What the network predicts: level (tested_positive of day 3) or delta "
+        "(its change from tested_positive_d2, added back by a skip connection).",
+        "data",
+    )
+    # --- model ---
+    hidden: list[int] = _opt([32, 8], "Hidden layer sizes, e.g. 64 or 64,16.", "model")
+    activation: str = _opt(
+        "relu", "Activation: relu, leaky_relu, tanh, sigmoid, gelu, selu.", "model"
+    )
+    dropout: float = _opt(0.0, "Dropout probability after each hidden activation.", "model")
+    batch_norm: bool = _opt(False, "Batch normalisation before each hidden activation.", "model")
+    init: str = _opt(
+        "default",
+        "Weight init: default (PyTorch's), uniform, normal, xavier_uniform, xavier_normal, "
+        "kaiming_uniform, kaiming_normal, orthogonal, trunc_normal, zeros, constant.",
+        "model",
+    )
+    init_a: float = _opt(-0.05, "uniform init: lower bound a.", "model")
+    init_b: float = _opt(0.05, "uniform init: upper bound b.", "model")
+    init_mean: float = _opt(0.0, "normal / trunc_normal init: mean.", "model")
+    init_std: float = _opt(0.02, "normal / trunc_normal init: standard deviation.", "model")
+    init_mode: str = _opt("fan_in", "kaiming init: mode, fan_in or fan_out.", "model")
+    init_gain: float = _opt(
+        0.0, "xavier / orthogonal init: gain; 0 means calculate_gain(activation).", "model"
+    )
+    init_value: float = _opt(0.0, "constant init: the weight value.", "model")
+    bias_init: str = _opt("default", "Bias init: default (PyTorch's), zeros or constant.", "model")
+    bias_value: float = _opt(0.01, "constant bias init: the bias value.", "model")
+    # --- optimisation ---
+    optimizer: str = _opt("adam", "Optimizer: sgd, adagrad, rmsprop, adam, adamw.", "train")
+    lr: float = _opt(1e-3, "Learning rate.", "train")
+    weight_decay: float = _opt(0.0, "Optimizer weight decay (decoupled for adamw).", "train")
+    momentum: float = _opt(0.9, "Momentum (sgd, rmsprop).", "train")
+    nesterov: bool = _opt(False, "Nesterov momentum (sgd).", "train")
+    output_lr: float = _opt(
+        0.0, "Separate learning rate for the output layer; 0 means the same as lr.", "train"
+    )
+    l2: float = _opt(
+        0.0,
+        "Explicit L2 penalty added to the training loss (never to the reported losses).",
+        "train",
+    )
+    l1: float = _opt(
+        0.0,
+        "Explicit L1 penalty added to the training loss (never to the reported losses).",
+        "train",
+    )
+    scheduler: str = _opt(
+        "none", "LR scheduler: none, step, exponential, cosine, plateau (on valid loss).", "train"
+    )
+    step_size: int = _opt(500, "step scheduler: epochs between decays.", "train")
+    gamma: float = _opt(0.5, "step / exponential / plateau scheduler: decay factor.", "train")
+    plateau_patience: int = _opt(50, "plateau scheduler: epochs without improvement.", "train")
+    min_lr: float = _opt(0.0, "cosine / plateau scheduler: lowest learning rate.", "train")
+    epochs: int = _opt(3000, "Maximum number of epochs.", "train")
+    batch_size: int = _opt(64, "Mini-batch size.", "train")
+    patience: int = _opt(
+        300, "Early stopping: epochs without improvement before stopping; 0 disables.", "train"
+    )
+    min_delta: float = _opt(
+        0.0, "Early stopping: an improvement means best - current > min_delta.", "train"
+    )
+    # --- reproducibility and hardware ---
+    seed: int = _opt(42, "Seed for Python, NumPy and torch (CPU and CUDA).", "run")
+    deterministic: bool = _opt(
+        True, "Deterministic algorithms (bit-identical reruns); off allows faster kernels.", "run"
+    )
+    device: str = _opt("auto", "Device: auto (cuda when available), cpu or cuda.", "run")
+    num_workers: int = _opt(0, "DataLoader worker processes.", "run")
+    checkpoint_every: int = _opt(
+        50, "Save a resumable training state every N epochs (0: never).", "run"
+    )
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "split": typing.get_args(Split),
+    "target": typing.get_args(Target),
+    "activation": typing.get_args(Activation),
+    "init": typing.get_args(InitScheme),
+    "init_mode": ("fan_in", "fan_out"),
+    "bias_init": typing.get_args(BiasInit),
+    "optimizer": typing.get_args(OptimizerName),
+    "scheduler": typing.get_args(SchedulerName),
+    "device": typing.get_args(Device),
+}
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES: dict[str, Any] = typing.get_type_hints(Config)
+
+
+def field_kind(name: str) -> type:
+    """The scalar or element type of a config key: int, float, bool or str."""
+    tp = _TYPES[name]
+    args = typing.get_args(tp)
+    return args[0] if typing.get_origin(tp) is list else tp
+
+
+def is_list(name: str) -> bool:
+    return typing.get_origin(_TYPES[name]) is list
+
+
+def _where(source: str) -> str:
+    return f" in {source}" if source else ""
+
+
+def coerce_value(name: str, value: Any, source: str = "") -> Any:
+    """Check one value against its key's type; CLI strings are parsed, TOML values checked."""
+    if name not in FIELDS:
+        raise CovidRegError(
+            f"unknown config key '{name}'{_where(source)}; valid keys: {', '.join(FIELDS)}"
+        )
+    kind = field_kind(name)
+    if is_list(name):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise CovidRegError(
+                f"config key '{name}'{_where(source)} must be a non-empty list of {kind.__name__}"
+            )
+        return [_coerce_scalar(name, kind, v, source) for v in items]
+    return _coerce_scalar(name, kind, value, source)
+
+
+def _coerce_scalar(name: str, kind: type, value: Any, source: str) -> Any:
+    bad = CovidRegError(
+        f"config key '{name}'{_where(source)} must be {kind.__name__}, got {value!r}"
+    )
+    if isinstance(value, str) and kind is not str:
+        value = value.strip()
+        try:
+            if kind is bool:
+                lowered = value.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return lowered in ("true", "1", "yes")
+            return kind(value)
+        except ValueError:
+            raise bad from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise bad
+        return value.strip()
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    raise bad  # pragma: no cover - every field kind is handled above
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config TOML file into a flat dict of checked values."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise CovidRegError(f"config file {path} {what}; pass an existing .toml file to --config")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CovidRegError(f"config file {path} is not valid TOML: {exc}") from None
+    return {key: coerce_value(key, value, str(path)) for key, value in raw.items()}
+
+
+def resolve_config(
+    config_path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
+    """Defaults -> TOML file -> overrides (CLI flags; None means 'not given'), then validate."""
+    values: dict[str, Any] = {}
+    if config_path is not None:
+        values.update(load_toml(config_path))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = coerce_value(key, value, "command-line flags")
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise CovidRegError(f"config key '{key}' must be {rule}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks; each error names the key, the rule and the bad value."""
+    for key, choices in CHOICES.items():
+        value = getattr(cfg, key)
+        _require(value in choices, key, "one of " + ", ".join(choices), value)
+    positive_ints = ("epochs", "batch_size", "step_size", "plateau_patience")
+    for key in positive_ints:
+        _require(getattr(cfg, key) > 0, key, "a positive integer", getattr(cfg, key))
+    for key in ("patience", "purge", "num_workers", "checkpoint_every"):
+        _require(getattr(cfg, key) >= 0, key, "zero or a positive integer", getattr(cfg, key))
+    _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a positive number", cfg.lr)
+    for key in ("weight_decay", "l2", "l1", "min_delta", "min_lr", "output_lr", "momentum"):
+        value = getattr(cfg, key)
+        _require(math.isfinite(value) and value >= 0, key, "zero or a positive number", value)
+    _require(0 < cfg.valid_ratio < 1, "valid_ratio", "between 0 and 1 (exclusive)", cfg.valid_ratio)
+    _require(0 <= cfg.dropout < 1, "dropout", "in [0, 1)", cfg.dropout)
+    _require(0 < cfg.gamma <= 1, "gamma", "in (0, 1]", cfg.gamma)
+    _require(cfg.init_std > 0, "init_std", "a positive number", cfg.init_std)
+    _require(cfg.init_a < cfg.init_b, "init_a", f"lower than init_b ({cfg.init_b})", cfg.init_a)
+    _require(all(h > 0 for h in cfg.hidden), "hidden", "positive layer sizes", cfg.hidden)
+    _require(cfg.init_gain >= 0, "init_gain", "zero (automatic) or positive", cfg.init_gain)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain Python types (for checkpoints and metrics.json)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict[str, Any], source: str = "checkpoint") -> Config:
+    """Rebuild a config saved by ``to_dict``; keys added since are filled with defaults."""
+    checked = {key: coerce_value(key, value, source) for key, value in values.items()}
+    cfg = Config(**checked)
+    validate(cfg)
+    return cfg
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def to_toml(cfg: Config, only_changed: bool = False) -> str:
+    """TOML text that ``resolve_config`` reads back to the same config."""
+    defaults = Config()
+    lines = []
+    group = None
+    for name, f in FIELDS.items():
+        value = getattr(cfg, name)
+        if only_changed and value == getattr(defaults, name):
+            continue
+        if f.metadata["group"] != group:
+            group = f.metadata["group"]
+            lines.append(f"{'' if not lines else chr(10)}# {group}")
+        lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

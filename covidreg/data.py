@@ -1,0 +1,493 @@
+"""HW01 data: CSV -> validated arrays, feature selection, honest splits, Dataset and DataLoader.
+
+Each row of the HW01 files is a 3-day window of one state. Within a state, consecutive training
+rows are consecutive windows sharing two of their three days, so row i's target (day-3
+tested_positive) is row i+1's ``tested_positive_d2`` feature. A random or every-k-th-row split
+therefore leaks validation answers into training; ``blocked`` holds out whole stretches of days
+and purges the neighbouring windows.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from covidreg.errors import CovidRegError
+
+STATES: tuple[str, ...] = (
+    "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "FL", "GA", "ID", "IL", "IN", "IA", "KS",
+    "KY", "LA", "MD", "MA", "MI", "MN", "MS", "MO", "NE", "NV", "NJ", "NM", "NY", "NC",
+    "OH", "OK", "OR", "PA", "RI", "SC", "TX", "UT", "VA", "WA", "WV", "WI",
+)  # fmt: skip
+DAILY: tuple[str, ...] = (
+    "cli", "ili", "hh_cmnty_cli", "nohh_cmnty_cli", "wearing_mask", "travel_outside_state",
+    "work_outside_home", "shop", "restaurant", "spent_time", "large_event", "public_transit",
+    "anxious", "depressed", "felt_isolated", "worried_become_ill", "worried_finances",
+    "tested_positive",
+)  # fmt: skip
+N_DAYS = 3
+TARGET = "tested_positive_d3"
+#: The 93 input features of the test file, named uniquely by day (the CSV repeats names).
+FEATURE_NAMES: tuple[str, ...] = (
+    STATES + tuple(f"{name}_d{day}" for day in range(1, N_DAYS + 1) for name in DAILY)[:-1]
+)
+#: Raw CSV header of a training file (the test file lacks the last column).
+TRAIN_HEADER: tuple[str, ...] = ("id", *STATES, *(DAILY * N_DAYS))
+
+_CLI_FAMILY = ("cli", "ili", "hh_cmnty_cli", "nohh_cmnty_cli")
+_STRONG = (
+    *(f"{n}_d{d}" for d in (1, 2, 3) for n in _CLI_FAMILY),
+    "tested_positive_d1",
+    "tested_positive_d2",
+)
+PRESETS: dict[str, tuple[str, ...]] = {
+    "all": FEATURE_NAMES,
+    # the course's medium-baseline hint: states + the two known days of tested_positive
+    "target_only": (*STATES, "tested_positive_d1", "tested_positive_d2"),
+    # the cli/ili family of all three days + tested_positive of days 1-2 (strong public solutions)
+    "strong": _STRONG,
+    "strong_states": (*STATES, *_STRONG),
+}
+
+
+@dataclass
+class HW01Table:
+    """A validated HW01 file: ids, the 93 features by position, and the target if present."""
+
+    path: str
+    ids: np.ndarray  # int64 [n]
+    features: np.ndarray  # float64 [n, 93], columns in FEATURE_NAMES order
+    target: np.ndarray | None  # float64 [n], day-3 tested_positive; None for a test file
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def states(self) -> np.ndarray:
+        """Index (0..39) of each row's state, from the one-hot columns."""
+        return self.features[:, : len(STATES)].argmax(axis=1)
+
+
+def _check_path(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise CovidRegError(f"{what} {path} is a directory; pass the path of a CSV file")
+    if not path.exists():
+        hint = (
+            "run 'covidreg fetch' to download the HW01 files"
+            if path.parent.name == "data"
+            else "check the path"
+        )
+        raise CovidRegError(f"{what} {path} does not exist; {hint}")
+    if path.stat().st_size == 0:
+        raise CovidRegError(f"{what} {path} is empty; expected the HW01 CSV with a header row")
+
+
+def _read_header(path: Path, what: str) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except UnicodeDecodeError:
+        raise CovidRegError(f"{what} {path} is not a UTF-8 text CSV file") from None
+    return [name.strip() for name in header]
+
+
+def _check_header(header: list[str], path: Path, what: str, require_target: bool | None) -> bool:
+    """Compare the header with the HW01 schema by position; return whether it has the target."""
+    n_train, n_test = len(TRAIN_HEADER), len(TRAIN_HEADER) - 1
+    if require_target is True and len(header) == n_test and header == list(TRAIN_HEADER[:-1]):
+        raise CovidRegError(
+            f"{what} {path} has no target column (the last tested_positive); it looks like a "
+            "test file: pass a training-format CSV with all 95 columns"
+        )
+    if require_target is False and len(header) == n_train and header == list(TRAIN_HEADER):
+        raise CovidRegError(
+            f"{what} {path} has the target column (95 columns, last = tested_positive); it looks "
+            "like a training file: pass the test CSV with 94 columns, or drop the last column"
+        )
+    expected = list(TRAIN_HEADER) if len(header) >= n_train else list(TRAIN_HEADER[:-1])
+    for pos, (got, want) in enumerate(zip(header, expected, strict=False)):
+        if got != want:
+            raise CovidRegError(
+                f"{what} {path}: column {pos + 1} is '{got}', expected '{want}' "
+                "(HW01 schema: id, 40 states, 3 days x 18 daily columns)"
+            )
+    if len(header) > n_train:
+        raise CovidRegError(
+            f"{what} {path} has {len(header)} columns, expected {n_train} (training) or "
+            f"{n_test} (test); extra column {n_train + 1} is '{header[n_train]}'"
+        )
+    if len(header) < n_test:
+        missing = expected[len(header)]
+        raise CovidRegError(
+            f"{what} {path} has {len(header)} columns, expected {n_train} (training) or "
+            f"{n_test} (test); first missing column is '{missing}' (column {len(header) + 1})"
+        )
+    return len(header) == n_train
+
+
+def _column_label(pos: int, has_target: bool) -> str:
+    """Human name of raw CSV column ``pos`` (0 = id), unique by day."""
+    if pos == 0:
+        return "id"
+    names = (*FEATURE_NAMES, TARGET) if has_target else FEATURE_NAMES
+    return f"'{names[pos - 1]}' (column {pos + 1})"
+
+
+def _parse_cells(path: Path, what: str, n_cols: int, has_target: bool) -> np.ndarray:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(
+            path, header=None, skiprows=1, dtype=str, keep_default_na=False, skip_blank_lines=True
+        )
+    except pd.errors.ParserError as exc:
+        raise CovidRegError(f"{what} {path}: malformed CSV ({exc}); fix the row") from None
+    if len(frame) == 0:
+        raise CovidRegError(f"{what} {path} has a header but no data rows")
+    if frame.shape[1] != n_cols:  # pragma: no cover - the parser rejects long rows itself
+        raise CovidRegError(f"{what} {path}: rows have {frame.shape[1]} fields, expected {n_cols}")
+    values = frame.apply(lambda col: pd.to_numeric(col.str.strip(), errors="coerce"))
+    array = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        cell = frame.iat[row, col]
+        kind = "an empty cell" if cell.strip() == "" else f"'{cell}', not a finite number"
+        raise CovidRegError(
+            f"{what} {path}, row {row + 2} (line {row + 2}), column "
+            f"{_column_label(col, has_target)}: {kind}; fix or remove the row"
+        )
+    return array
+
+
+def _check_rows(array: np.ndarray, path: Path, what: str) -> None:
+    ids = array[:, 0]
+    if not np.all(ids == np.round(ids)):
+        row = int(np.argmax(ids != np.round(ids)))
+        raise CovidRegError(f"{what} {path}, row {row + 2}, column 'id': not an integer id")
+    onehot = array[:, 1 : 1 + len(STATES)]
+    not_binary = ~np.isin(onehot, (0.0, 1.0))
+    if not_binary.any():
+        row, col = map(int, np.argwhere(not_binary)[0])
+        raise CovidRegError(
+            f"{what} {path}, row {row + 2}, column '{STATES[col]}': state columns must be 0 or 1, "
+            f"got {onehot[row, col]:g}"
+        )
+    sums = onehot.sum(axis=1)
+    if np.any(sums != 1):
+        row = int(np.argmax(sums != 1))
+        raise CovidRegError(
+            f"{what} {path}, row {row + 2}, columns AL..WI: the state one-hot has "
+            f"{int(sums[row])} ones, expected exactly 1"
+        )
+    unique, counts = np.unique(ids, return_counts=True)
+    if np.any(counts > 1):
+        raise CovidRegError(f"{what} {path}: id {int(unique[counts > 1][0])} appears twice")
+
+
+def read_hw01_csv(
+    path: str | Path, require_target: bool | None = None, what: str = "CSV file"
+) -> HW01Table:
+    """Read and validate one HW01 file; every problem is a CovidRegError naming row and column.
+
+    ``require_target``: True for training files, False for test files, None to accept both.
+    """
+    path = Path(path)
+    _check_path(path, what)
+    header = _read_header(path, what)
+    has_target = _check_header(header, path, what, require_target)
+    array = _parse_cells(path, what, len(header), has_target)
+    _check_rows(array, path, what)
+    n_features = len(FEATURE_NAMES)
+    return HW01Table(
+        path=str(path),
+        ids=array[:, 0].astype(np.int64),
+        features=np.ascontiguousarray(array[:, 1 : 1 + n_features]),
+        target=array[:, 1 + n_features].copy() if has_target else None,
+    )
+
+
+def resolve_features(spec: Sequence[str]) -> list[str]:
+    """Feature names from a preset name or an explicit list of names (in the given order)."""
+    if len(spec) == 1 and spec[0] in PRESETS:
+        return list(PRESETS[spec[0]])
+    names: list[str] = []
+    for name in spec:
+        if name in PRESETS:
+            raise CovidRegError(
+                f"feature preset '{name}' cannot be mixed with feature names; use it alone"
+            )
+        if name not in FEATURE_NAMES:
+            close = difflib.get_close_matches(name, FEATURE_NAMES, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "see 'covidreg features'"
+            raise CovidRegError(f"unknown feature '{name}'; presets: {', '.join(PRESETS)}; {hint}")
+        if name in names:
+            raise CovidRegError(f"feature '{name}' is listed twice")
+        names.append(name)
+    return names
+
+
+def feature_columns(names: Sequence[str]) -> np.ndarray:
+    """Positions of the named features in ``HW01Table.features``."""
+    return np.array([FEATURE_NAMES.index(name) for name in names], dtype=np.int64)
+
+
+# --- splits -------------------------------------------------------------------------------------
+
+
+def within_state_position(states: np.ndarray) -> np.ndarray:
+    """Rank of each row within its state in file order (the HW01 files list days in order)."""
+    position = np.empty(len(states), dtype=np.int64)
+    for state in np.unique(states):
+        rows = np.flatnonzero(states == state)
+        position[rows] = np.arange(len(rows))
+    return position
+
+
+def _check_n_splits(n_splits: int, n_rows: int) -> None:
+    if not isinstance(n_splits, int) or isinstance(n_splits, bool) or n_splits < 2:
+        raise CovidRegError(f"number of folds must be an integer >= 2, got {n_splits!r}")
+    if n_splits > n_rows:
+        raise CovidRegError(
+            f"number of folds ({n_splits}) exceeds the number of rows ({n_rows}); use at most "
+            f"{n_rows} folds"
+        )
+
+
+class BlockedKFold:
+    """Fold k holds the k-th contiguous block of days of every state.
+
+    The ``purge`` windows on each side of a state's block are left out of training: windows at
+    most two rows apart share a day, so without purging the validation days leak into training.
+    """
+
+    def __init__(self, n_splits: int = 5, purge: int = 2) -> None:
+        if purge < 0:
+            raise CovidRegError(f"purge must be >= 0, got {purge}")
+        self.n_splits = n_splits
+        self.purge = purge
+
+    def split(self, states: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        _check_n_splits(self.n_splits, len(states))
+        smallest = np.bincount(states)[np.unique(states)].min()
+        if self.n_splits > smallest:
+            raise CovidRegError(
+                f"blocked split with {self.n_splits} folds needs at least {self.n_splits} rows per "
+                f"state, but a state has {smallest}; use fewer folds"
+            )
+        position = within_state_position(states)
+        n_per_state = np.bincount(states)[states]
+        # block k of a state with m windows spans positions [start_k, end_k): np.array_split's cut
+        for k in range(self.n_splits):
+            start = k * (n_per_state // self.n_splits) + np.minimum(k, n_per_state % self.n_splits)
+            size = n_per_state // self.n_splits + (k < n_per_state % self.n_splits)
+            end = start + size
+            valid = (position >= start) & (position < end)
+            near = (position >= start - self.purge) & (position < end + self.purge)
+            yield np.flatnonzero(~near), np.flatnonzero(valid)
+
+
+class RandomKFold:
+    """Rows shuffled with a seed and cut into folds (leaks across neighbouring windows)."""
+
+    def __init__(self, n_splits: int = 5, seed: int = 0) -> None:
+        self.n_splits = n_splits
+        self.seed = seed
+
+    def split(self, states: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        _check_n_splits(self.n_splits, len(states))
+        order = np.random.default_rng(self.seed).permutation(len(states))
+        for valid in np.array_split(order, self.n_splits):
+            mask = np.zeros(len(states), dtype=bool)
+            mask[valid] = True
+            yield np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+class InterleavedKFold:
+    """Row i goes to fold i mod K, as the course sample code's dev split (leaks)."""
+
+    def __init__(self, n_splits: int = 5) -> None:
+        self.n_splits = n_splits
+
+    def split(self, states: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        _check_n_splits(self.n_splits, len(states))
+        fold = np.arange(len(states)) % self.n_splits
+        for k in range(self.n_splits):
+            yield np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+
+
+def make_kfold(
+    method: str, n_splits: int, seed: int = 0, purge: int = 2
+) -> BlockedKFold | RandomKFold | InterleavedKFold:
+    if method == "blocked":
+        return BlockedKFold(n_splits, purge)
+    if method == "random":
+        return RandomKFold(n_splits, seed)
+    if method == "interleaved":
+        return InterleavedKFold(n_splits)
+    raise CovidRegError(f"unknown split '{method}'; use blocked, random or interleaved")
+
+
+def holdout_split(
+    states: np.ndarray, method: str, valid_ratio: float, seed: int = 0, purge: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """One train/valid split holding out ``valid_ratio`` of the rows.
+
+    blocked: the last ``valid_ratio`` of each state's days (train on earlier days, validate on
+    later ones), with ``purge`` windows before them dropped. random: a seeded shuffle.
+    interleaved: every k-th row with k = round(1 / valid_ratio), rows 0, k, 2k... as in the
+    course sample code.
+    """
+    n = len(states)
+    if not 0 < valid_ratio < 1:
+        raise CovidRegError(f"valid_ratio must be between 0 and 1, got {valid_ratio}")
+    if method == "blocked":
+        position = within_state_position(states)
+        n_per_state = np.bincount(states)[states]
+        n_valid = np.maximum(1, np.round(n_per_state * valid_ratio).astype(np.int64))
+        first_valid = n_per_state - n_valid
+        valid = position >= first_valid
+        train = position < first_valid - purge
+        train_idx, valid_idx = np.flatnonzero(train), np.flatnonzero(valid)
+    elif method == "random":
+        order = np.random.default_rng(seed).permutation(n)
+        n_valid = max(1, round(n * valid_ratio))
+        valid_idx, train_idx = np.sort(order[:n_valid]), np.sort(order[n_valid:])
+    elif method == "interleaved":
+        every = max(2, round(1 / valid_ratio))
+        is_valid = np.arange(n) % every == 0
+        train_idx, valid_idx = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
+    else:
+        raise CovidRegError(f"unknown split '{method}'; use blocked, random or interleaved")
+    if len(train_idx) == 0 or len(valid_idx) == 0:
+        raise CovidRegError(
+            f"the {method} split of {n} rows with valid_ratio={valid_ratio} leaves "
+            f"{len(train_idx)} training and {len(valid_idx)} validation rows; use more data "
+            "or another valid_ratio"
+        )
+    return train_idx, valid_idx
+
+
+# --- normalisation ------------------------------------------------------------------------------
+
+
+def fit_standardization(x_train: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of each feature over the training rows only; one-hot states pass through.
+
+    Fitting on the training split only matters: the course sample code normalised each set with
+    its own statistics, which shifts valid/test inputs relative to what the model learned.
+    """
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    is_state = np.array([name in STATES for name in names], dtype=bool)
+    mean[is_state] = 0.0
+    std[is_state] = 1.0
+    std[std < 1e-12] = 1.0  # a constant feature: centre it, do not divide by zero
+    return mean, std
+
+
+# --- Dataset and DataLoader --------------------------------------------------------------------
+
+
+@dataclass
+class Arrays:
+    """Selected features (raw, un-normalised) and targets of one subset of rows."""
+
+    x: np.ndarray  # float32 [n, n_features]
+    y: np.ndarray | None  # float32 [n]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def select(table: HW01Table, columns: np.ndarray, rows: np.ndarray | None = None) -> Arrays:
+    rows = np.arange(len(table)) if rows is None else rows
+    x = table.features[np.ix_(rows, columns)].astype(np.float32)
+    y = None if table.target is None else table.target[rows].astype(np.float32)
+    return Arrays(x=x, y=y)
+
+
+class HW01Dataset(torch.utils.data.Dataset):
+    """Features and targets held as tensors; indexing with a tensor of rows returns a batch.
+
+    Used with ``ShuffledBatches`` as the DataLoader's sampler (``batch_size=None``), each batch is
+    one tensor slice: no per-row ``__getitem__`` and no per-row collate.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
+        self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.y = None if y is None else torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.y is None:
+            return self.x[index], torch.empty(0)
+        return self.x[index], self.y[index]
+
+
+class ShuffledBatches(torch.utils.data.Sampler):
+    """Yields one index tensor per mini-batch; a fresh permutation each epoch if ``shuffle``.
+
+    The permutation comes from its own seeded ``torch.Generator``, never from the global RNG,
+    so evaluation or dropout cannot change the order of the training batches.
+    """
+
+    def __init__(
+        self, n_rows: int, batch_size: int, shuffle: bool, generator: torch.Generator | None
+    ) -> None:
+        self.n_rows = n_rows
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-self.n_rows // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.shuffle:
+            order = torch.randperm(self.n_rows, generator=self.generator)
+        else:
+            order = torch.arange(self.n_rows)
+        yield from order.split(self.batch_size)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed NumPy and Python's random in each worker from torch's per-worker seed."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    dataset: HW01Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over whole-batch slices, shuffled by a generator seeded with ``seed``.
+
+    Two generators: one orders the batches, the other gives the DataLoader its per-epoch base
+    seed (worker seeds), so neither touches the global torch RNG.
+    """
+    order_gen = torch.Generator().manual_seed(seed)
+    loader_gen = torch.Generator().manual_seed(seed + 1)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=ShuffledBatches(len(dataset), batch_size, shuffle, order_gen),
+        num_workers=num_workers,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        generator=loader_gen,
+        persistent_workers=num_workers > 0,
+    )

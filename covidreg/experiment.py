@@ -1,0 +1,291 @@
+"""One training run end to end: load and split the data, fit, and write the run directory."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from covidreg import artifacts
+from covidreg.config import Config, from_dict, to_dict, to_toml
+from covidreg.data import (
+    TARGET,
+    HW01Dataset,
+    HW01Table,
+    feature_columns,
+    fit_standardization,
+    holdout_split,
+    make_loader,
+    read_hw01_csv,
+    resolve_features,
+    select,
+)
+from covidreg.errors import CovidRegError
+from covidreg.model import build_model, count_parameters
+from covidreg.train import (
+    EarlyStopping,
+    EpochRecord,
+    FitResult,
+    Trainer,
+    predict,
+    resolve_device,
+    seed_everything,
+)
+
+STATE_FILE = "training_state.pt"
+OnEpoch = Callable[[EpochRecord, EarlyStopping], None]
+
+
+@dataclass
+class LoadedData:
+    feature_names: list[str]
+    train: HW01Table
+    test: HW01Table | None
+
+
+def load_data(cfg: Config) -> LoadedData:
+    """Read and validate the CSVs named in ``cfg`` and resolve the feature names."""
+    feature_names = resolve_features(cfg.features)
+    train = read_hw01_csv(cfg.train_csv, require_target=True, what="training CSV")
+    test = None
+    if cfg.test_csv:
+        test = read_hw01_csv(cfg.test_csv, require_target=False, what="test CSV")
+    return LoadedData(feature_names, train, test)
+
+
+def check_batch_size(cfg: Config, n_train: int) -> None:
+    if cfg.batch_size > n_train:
+        raise CovidRegError(
+            f"batch_size {cfg.batch_size} is larger than the {n_train} training rows of this "
+            f"split; use --batch-size {n_train} or less"
+        )
+
+
+@dataclass
+class FittedModel:
+    model: torch.nn.Module
+    result: FitResult
+    trainer: Trainer
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def fit_model(
+    cfg: Config,
+    data: LoadedData,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    seed: int,
+    on_epoch: OnEpoch | None = None,
+    on_checkpoint: Callable[[Trainer], None] | None = None,
+    resume_state: dict[str, Any] | None = None,
+) -> FittedModel:
+    """Seed, build, normalise on the training rows only, and train one model."""
+    columns = feature_columns(data.feature_names)
+    train_arr = select(data.train, columns, train_idx)
+    valid_arr = select(data.train, columns, valid_idx)
+    check_batch_size(cfg, len(train_arr))
+    device = resolve_device(cfg.device)
+    seed_everything(seed, cfg.deterministic)
+    model = build_model(cfg, data.feature_names)
+    mean, std = fit_standardization(train_arr.x.astype(np.float64), data.feature_names)
+    if cfg.normalize:
+        model.set_normalization(mean, std)
+    loader = make_loader(
+        HW01Dataset(train_arr.x, train_arr.y), cfg.batch_size, True, seed, cfg.num_workers
+    )
+    trainer = Trainer(
+        model,
+        cfg,
+        loader,
+        torch.from_numpy(valid_arr.x),
+        torch.from_numpy(valid_arr.y),
+        device,
+    )
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state)
+    result = trainer.fit(on_epoch=on_epoch, on_checkpoint=on_checkpoint)
+    return FittedModel(trainer.model, result, trainer, mean, std)
+
+
+def checkpoint_payload(
+    cfg: Config, feature_names: list[str], fitted: FittedModel, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``covidreg predict`` needs to rebuild the model, with nothing but plain types."""
+    return {
+        "kind": "model",
+        "config": to_dict(cfg),
+        "feature_names": list(feature_names),
+        "target_name": TARGET,
+        "normalization": {
+            "fitted_on": "training split",
+            "applied": cfg.normalize,
+            "mean": [float(v) for v in fitted.mean],
+            "std": [float(v) for v in fitted.std],
+        },
+        "state_dict": {k: v.detach().cpu() for k, v in fitted.model.state_dict().items()},
+        "metrics": metrics,
+    }
+
+
+def persistence_mse(data: LoadedData, rows: np.ndarray) -> float:
+    """MSE of predicting day 3 = day 2 tested_positive: the baseline any model must beat."""
+    from covidreg.data import FEATURE_NAMES
+
+    d2 = data.train.features[rows, FEATURE_NAMES.index("tested_positive_d2")]
+    return float(np.mean((data.train.target[rows] - d2) ** 2))
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    result: FitResult
+    message: str
+
+
+def _metrics(
+    cfg: Config, data: LoadedData, train_idx: np.ndarray, valid_idx: np.ndarray, fitted: FittedModel
+) -> dict[str, Any]:
+    result = fitted.result
+    return {
+        "best_epoch": result.best_epoch,
+        "valid_mse": result.best_valid_mse,
+        "valid_rmse": math.sqrt(result.best_valid_mse),
+        "persistence_valid_rmse": math.sqrt(persistence_mse(data, valid_idx)),
+        "epochs_run": len(result.history),
+        "stop_reason": result.stop_reason,
+        "seconds": round(result.seconds, 3),
+        "split": cfg.split,
+        "train_rows": len(train_idx),
+        "valid_rows": len(valid_idx),
+        "n_features": len(data.feature_names),
+        "n_parameters": count_parameters(fitted.model),
+        "environment": artifacts.environment_info(
+            str(resolve_device(cfg.device)), cfg.seed, cfg.deterministic
+        ),
+    }
+
+
+def write_run(
+    run_dir: Path,
+    cfg: Config,
+    data: LoadedData,
+    valid_idx: np.ndarray,
+    fitted: FittedModel,
+    metrics: dict[str, Any],
+) -> None:
+    """Write every output file of a finished run (each atomically)."""
+    model, history = fitted.model, fitted.result.history
+    artifacts.save_checkpoint(
+        run_dir / "model.pt", checkpoint_payload(cfg, data.feature_names, fitted, metrics)
+    )
+    artifacts.write_text(run_dir / "config.toml", to_toml(cfg))
+    artifacts.write_csv(
+        run_dir / "history.csv",
+        ["epoch", "train_loss", "valid_loss", "lr"],
+        [(r.epoch, repr(r.train_loss), repr(r.valid_loss), repr(r.lr)) for r in history],
+    )
+    artifacts.write_json(run_dir / "metrics.json", metrics)
+    artifacts.plot_learning_curve(
+        run_dir / "learning_curve.png",
+        [
+            (
+                "",
+                [r.epoch for r in history],
+                [r.train_loss for r in history],
+                [r.valid_loss for r in history],
+            )
+        ],
+        [fitted.result.best_epoch],
+    )
+    columns = feature_columns(data.feature_names)
+    device = next(model.parameters()).device
+    valid = select(data.train, columns, valid_idx)
+    valid_pred = predict(model, torch.from_numpy(valid.x).to(device))
+    artifacts.plot_predictions(
+        run_dir / "valid_pred.png", valid.y, valid_pred, metrics["valid_rmse"]
+    )
+    if data.test is not None:
+        test_x = torch.from_numpy(select(data.test, columns).x).to(device)
+        artifacts.write_predictions(run_dir / "pred.csv", data.test.ids, predict(model, test_x))
+
+
+def run_train(
+    cfg: Config,
+    out: str | Path | None = None,
+    runs_dir: str | Path = "runs",
+    run_name: str = "train",
+    on_epoch: OnEpoch | None = None,
+    on_start: Callable[[Path, int], None] | None = None,
+) -> RunResult:
+    """``covidreg train``: validate everything, then train and write the run directory."""
+    data = load_data(cfg)
+    train_idx, valid_idx = holdout_split(
+        data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
+    )
+    check_batch_size(cfg, len(train_idx))
+    artifacts.check_output_target(out)
+    run_dir = (
+        artifacts.ensure_writable_dir(out) if out else artifacts.new_run_dir(runs_dir, run_name)
+    )
+    return _train_into(cfg, data, train_idx, valid_idx, run_dir, on_epoch, on_start, None)
+
+
+def _train_into(
+    cfg: Config,
+    data: LoadedData,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    run_dir: Path,
+    on_epoch: OnEpoch | None,
+    on_start: Callable[[Path, int], None] | None,
+    resume_state: dict[str, Any] | None,
+) -> RunResult:
+    if on_start is not None:
+        on_start(run_dir, 0 if resume_state is None else int(resume_state["epoch"]))
+
+    def save_state(trainer: Trainer) -> None:
+        artifacts.save_checkpoint(
+            run_dir / STATE_FILE,
+            {"kind": "training_state", "config": to_dict(cfg), **trainer.state_dict()},
+            durable=False,
+        )
+
+    fitted = fit_model(
+        cfg, data, train_idx, valid_idx, cfg.seed, on_epoch, save_state, resume_state
+    )
+    metrics = _metrics(cfg, data, train_idx, valid_idx, fitted)
+    write_run(run_dir, cfg, data, valid_idx, fitted, metrics)
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    return RunResult(run_dir, metrics, fitted.result, fitted.result.message)
+
+
+def resume_train(
+    run_dir: str | Path,
+    on_epoch: OnEpoch | None = None,
+    on_start: Callable[[Path, int], None] | None = None,
+) -> RunResult:
+    """Continue an interrupted ``covidreg train`` run from its last saved training state."""
+    run_dir = Path(run_dir)
+    state_path = run_dir / STATE_FILE
+    if not run_dir.is_dir():
+        raise CovidRegError(f"run directory {run_dir} does not exist; pass a runs/<run> directory")
+    if not state_path.exists():
+        finished = (run_dir / "model.pt").exists()
+        why = "the run finished" if finished else "no training state was saved yet"
+        raise CovidRegError(f"nothing to resume in {run_dir}: {why} (no {STATE_FILE})")
+    state = artifacts.load_checkpoint(state_path, "training state")
+    if state.get("kind") != "training_state":
+        raise CovidRegError(f"{state_path} is not a covidreg training state")
+    cfg = from_dict(state["config"], str(state_path))
+    data = load_data(cfg)
+    train_idx, valid_idx = holdout_split(
+        data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
+    )
+    return _train_into(cfg, data, train_idx, valid_idx, run_dir, on_epoch, on_start, state)

@@ -1,0 +1,174 @@
+"""The MLP regressor and its weight-initialisation schemes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from covidreg.config import Config
+from covidreg.errors import CovidRegError
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "selu": nn.SELU,
+}
+# calculate_gain / kaiming's nonlinearity for each activation (GELU is close to ReLU's gain).
+_GAIN_NAME = {
+    "relu": "relu",
+    "leaky_relu": "leaky_relu",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "gelu": "relu",
+    "selu": "selu",
+}
+_LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default negative slope
+
+
+class MLP(nn.Module):
+    """Standardise -> hidden layers -> one output.
+
+    The input statistics are buffers fitted on the training split, so the checkpoint carries
+    them and a rebuilt model needs no other file. With ``skip_index`` the network predicts the
+    change from that (raw) input and adds it back: the ``delta`` target.
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        hidden: list[int],
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        skip_index: int | None = None,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise CovidRegError(f"unknown activation '{activation}'; use {', '.join(ACTIVATIONS)}")
+        self.register_buffer("input_mean", torch.zeros(n_inputs))
+        self.register_buffer("input_std", torch.ones(n_inputs))
+        self.skip_index = skip_index
+        layers: list[nn.Module] = []
+        width = n_inputs
+        for size in hidden:
+            layers.append(nn.Linear(width, size))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 1)
+
+    def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.body((x - self.input_mean) / self.input_std)).squeeze(-1)
+        if self.skip_index is not None:
+            out = out + x[:, self.skip_index]
+        return out
+
+
+def skip_index_for(cfg: Config, feature_names: list[str]) -> int | None:
+    """Position of tested_positive_d2 for the delta target (which needs that feature)."""
+    if cfg.target != "delta":
+        return None
+    if "tested_positive_d2" not in feature_names:
+        raise CovidRegError(
+            "target 'delta' predicts the change from tested_positive_d2, but the feature set "
+            "does not include it; add tested_positive_d2 to --features or use --target level"
+        )
+    return feature_names.index("tested_positive_d2")
+
+
+def build_model(cfg: Config, feature_names: list[str]) -> MLP:
+    """An MLP for ``feature_names`` with ``cfg``'s architecture, initialised by ``cfg.init``."""
+    model = MLP(
+        n_inputs=len(feature_names),
+        hidden=list(cfg.hidden),
+        activation=cfg.activation,
+        dropout=cfg.dropout,
+        batch_norm=cfg.batch_norm,
+        skip_index=skip_index_for(cfg, feature_names),
+    )
+    init_weights(model, cfg)
+    return model
+
+
+def _gain(cfg: Config) -> float:
+    if cfg.init_gain > 0:
+        return cfg.init_gain
+    name = _GAIN_NAME[cfg.activation]
+    return nn.init.calculate_gain(name, _LEAKY_SLOPE if name == "leaky_relu" else None)
+
+
+def init_linear(layer: nn.Linear, cfg: Config) -> None:
+    """Apply the weight and bias scheme named in ``cfg`` to one linear layer."""
+    w = layer.weight
+    scheme = cfg.init
+    nonlinearity = _GAIN_NAME[cfg.activation]
+    slope = _LEAKY_SLOPE if nonlinearity == "leaky_relu" else 0.0
+    if scheme == "default":
+        pass  # nn.Linear already holds PyTorch's kaiming_uniform(a=sqrt(5)) init
+    elif scheme == "uniform":
+        nn.init.uniform_(w, cfg.init_a, cfg.init_b)
+    elif scheme == "normal":
+        nn.init.normal_(w, cfg.init_mean, cfg.init_std)
+    elif scheme == "trunc_normal":
+        mean, std = cfg.init_mean, cfg.init_std
+        nn.init.trunc_normal_(w, mean, std, a=mean - 2 * std, b=mean + 2 * std)
+    elif scheme == "xavier_uniform":
+        nn.init.xavier_uniform_(w, gain=_gain(cfg))
+    elif scheme == "xavier_normal":
+        nn.init.xavier_normal_(w, gain=_gain(cfg))
+    elif scheme == "kaiming_uniform":
+        nn.init.kaiming_uniform_(w, a=slope, mode=cfg.init_mode, nonlinearity=nonlinearity)
+    elif scheme == "kaiming_normal":
+        nn.init.kaiming_normal_(w, a=slope, mode=cfg.init_mode, nonlinearity=nonlinearity)
+    elif scheme == "orthogonal":
+        nn.init.orthogonal_(w, gain=_gain(cfg))
+    elif scheme == "zeros":
+        nn.init.zeros_(w)
+    elif scheme == "constant":
+        nn.init.constant_(w, cfg.init_value)
+    else:
+        raise CovidRegError(f"unknown init scheme '{scheme}'")
+    if cfg.bias_init == "zeros":
+        nn.init.zeros_(layer.bias)
+    elif cfg.bias_init == "constant":
+        nn.init.constant_(layer.bias, cfg.bias_value)
+
+
+def init_weights(model: nn.Module, cfg: Config) -> None:
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                init_linear(module, cfg)
+
+
+def init_warning(cfg: Config) -> str | None:
+    """Why a symmetric init will not train well (allowed: people try it to see it fail)."""
+    if cfg.init in ("zeros", "constant") and (cfg.hidden or cfg.init == "zeros"):
+        return (
+            f"init '{cfg.init}' gives every hidden unit the same weights: they receive the same "
+            "gradients and stay identical (the symmetry is never broken), so the network "
+            "behaves like one unit per layer"
+        )
+    return None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def rmse(mse: float) -> float:
+    return math.sqrt(mse) if mse >= 0 else float("nan")

@@ -1,0 +1,403 @@
+"""The training loop: seeding, optimizers, schedulers, early stopping, one epoch, evaluation."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from covidreg.config import Config
+from covidreg.errors import CovidRegError
+
+# --- reproducibility ----------------------------------------------------------------------------
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA); optionally force deterministic kernels."""
+    if deterministic:
+        # cuBLAS reads this when CUDA starts: it must be set before the first CUDA call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CovidRegError(
+            "device 'cuda' requested but no CUDA GPU is available; use --device cpu"
+        )
+    return torch.device(name)
+
+
+# --- optimizers and schedulers -------------------------------------------------------------------
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.optimizer``; the output layer may get its own learning rate."""
+    head = [p for name, p in model.named_parameters() if name.startswith("head.")]
+    body = [p for name, p in model.named_parameters() if not name.startswith("head.")]
+    groups: list[dict[str, Any]] = [{"params": body, "name": "body"}]
+    groups.append({"params": head, "name": "head", "lr": cfg.output_lr or cfg.lr})
+    groups = [g for g in groups if g["params"]]
+    common: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer != "rmsprop" and _fused_supported(model):
+        # One fused kernel per step instead of a Python loop over parameters: a large share of
+        # a step's time on a network this small.
+        common["fused"] = True
+    builders: dict[str, Callable[[], torch.optim.Optimizer]] = {
+        "sgd": lambda: torch.optim.SGD(
+            groups, momentum=cfg.momentum, nesterov=cfg.nesterov, **common
+        ),
+        "adagrad": lambda: torch.optim.Adagrad(groups, **common),
+        "rmsprop": lambda: torch.optim.RMSprop(groups, momentum=cfg.momentum, **common),
+        "adam": lambda: torch.optim.Adam(groups, **common),
+        "adamw": lambda: torch.optim.AdamW(groups, **common),
+    }
+    if cfg.optimizer not in builders:
+        raise CovidRegError(f"unknown optimizer '{cfg.optimizer}'; use {', '.join(builders)}")
+    if cfg.optimizer == "sgd" and cfg.nesterov and cfg.momentum == 0:
+        raise CovidRegError("nesterov needs a momentum > 0; set --momentum or --no-nesterov")
+    return builders[cfg.optimizer]()
+
+
+def _fused_supported(model: nn.Module) -> bool:
+    params = list(model.parameters())
+    return bool(params) and all(p.dtype == torch.float32 for p in params)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> Any:
+    """The LR scheduler named by ``cfg.scheduler`` (None for 'none'); stepped once per epoch."""
+    sched = torch.optim.lr_scheduler
+    if cfg.scheduler == "none":
+        return None
+    if cfg.scheduler == "step":
+        return sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "exponential":
+        return sched.ExponentialLR(optimizer, gamma=cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr)
+    if cfg.scheduler == "plateau":
+        return sched.ReduceLROnPlateau(
+            optimizer, factor=cfg.gamma, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+        )
+    raise CovidRegError(f"unknown scheduler '{cfg.scheduler}'")
+
+
+# --- early stopping ------------------------------------------------------------------------------
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs in a row without improvement (patience 0: never stop).
+
+    An improvement means ``best - loss > min_delta``: a loss exactly ``min_delta`` below the best
+    is not one. The epoch count is exact: with patience 3 and the best at epoch 5, training
+    stops after epoch 8 (the course sample code stopped one epoch late).
+    """
+
+    patience: int
+    min_delta: float = 0.0
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def step(self, loss: float, epoch: int) -> bool:
+        """Record one epoch's validation loss; True if it is a new best."""
+        if self.best - loss > self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = loss, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+
+
+# --- one epoch, evaluation -----------------------------------------------------------------------
+
+
+def penalty(model: nn.Module, l1: float, l2: float) -> torch.Tensor | None:
+    """Explicit L1/L2 penalty on the weight matrices; it is added to the training loss only."""
+    if l1 == 0 and l2 == 0:
+        return None
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    total = torch.zeros((), device=weights[0].device)
+    if l2:
+        total = total + l2 * sum(w.pow(2).sum() for w in weights)
+    if l1:
+        total = total + l1 * sum(w.abs().sum() for w in weights)
+    return total
+
+
+def batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches; in-process loaders are read straight from sampler and dataset.
+
+    With no worker processes the DataLoader would only add per-batch overhead around the same
+    ``dataset[indices]`` calls, in the same order: the batches are identical either way.
+    """
+    if loader.num_workers > 0 or loader.batch_size is not None:
+        return iter(loader)
+    dataset = loader.dataset
+    return (dataset[indices] for indices in loader.sampler)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    l1: float = 0.0,
+    l2: float = 0.0,
+) -> float:
+    """One pass over the training batches; returns the mean plain MSE (without the penalty).
+
+    The loss is accumulated on the device and read once per epoch: a ``.item()`` per step
+    would synchronise every step.
+    """
+    model.train()
+    total = torch.zeros((), device=device)
+    n_rows = 0
+    for x, y in batches(loader):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        mse = nn.functional.mse_loss(model(x), y)
+        extra = penalty(model, l1, l2)
+        loss = mse if extra is None else mse + extra
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += mse.detach() * len(y)
+        n_rows += len(y)
+    return total.item() / n_rows
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Plain MSE on a whole (small) set in eval mode; never includes a penalty."""
+    model.eval()
+    return nn.functional.mse_loss(model(x), y).item()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 65536) -> np.ndarray:
+    model.eval()
+    outputs = [model(chunk) for chunk in x.split(batch_size)]
+    return torch.cat(outputs).double().cpu().numpy()
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    valid_loss: float
+    lr: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord]
+    best_epoch: int
+    best_valid_mse: float
+    stop_reason: str  # "early_stopping", "max_epochs", "diverged"
+    seconds: float
+    message: str = ""
+
+
+@dataclass
+class TrainingState:
+    """Everything the loop needs to continue exactly where it stopped."""
+
+    epoch: int = 0  # last finished epoch
+    history: list[EpochRecord] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    seconds: float = 0.0
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Trainer:
+    """Owns the model, optimizer, scheduler, early stopping and generators of one training run.
+
+    ``fit`` runs epochs until early stopping, divergence or ``cfg.epochs``; the best weights
+    (lowest validation MSE) are restored at the end. ``state_dict`` captures all of it, RNG and
+    generator states included, so a resumed run continues bit-identically.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        loader: torch.utils.data.DataLoader,
+        x_valid: torch.Tensor,
+        y_valid: torch.Tensor,
+        device: torch.device,
+    ) -> None:
+        self.model = model.to(device)
+        self.cfg = cfg
+        self.loader = loader
+        self.x_valid = x_valid.to(device)
+        self.y_valid = y_valid.to(device)
+        self.device = device
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.stopper = EarlyStopping(cfg.patience, cfg.min_delta)
+        self.state = TrainingState()
+
+    def _epoch(self, epoch: int) -> EpochRecord:
+        lr = _current_lr(self.optimizer)
+        train_loss = train_one_epoch(
+            self.model, self.loader, self.optimizer, self.device, self.cfg.l1, self.cfg.l2
+        )
+        valid_loss = evaluate(self.model, self.x_valid, self.y_valid)
+        return EpochRecord(epoch, train_loss, valid_loss, lr)
+
+    def fit(
+        self,
+        on_epoch: Callable[[EpochRecord, EarlyStopping], None] | None = None,
+        on_checkpoint: Callable[[Trainer], None] | None = None,
+    ) -> FitResult:
+        start = time.perf_counter() - self.state.seconds
+        stop_reason, message = "max_epochs", ""
+        for epoch in range(self.state.epoch + 1, self.cfg.epochs + 1):
+            record = self._epoch(epoch)
+            if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
+                stop_reason = "diverged"
+                message = (
+                    f"training diverged at epoch {epoch} (train loss {record.train_loss:g}, "
+                    f"valid loss {record.valid_loss:g}); kept the best weights so far — "
+                    "try a lower --lr"
+                )
+                break
+            self.state.history.append(record)
+            if self.stopper.step(record.valid_loss, epoch):
+                self.state.best_state = _copy_state(self.model)
+            if self.scheduler is not None:
+                if self.cfg.scheduler == "plateau":
+                    self.scheduler.step(record.valid_loss)
+                else:
+                    self.scheduler.step()
+            self.state.epoch = epoch
+            self.state.seconds = time.perf_counter() - start
+            if on_epoch is not None:
+                on_epoch(record, self.stopper)
+            every = self.cfg.checkpoint_every
+            if on_checkpoint is not None and every and epoch % every == 0:
+                on_checkpoint(self)
+            if self.stopper.should_stop:
+                stop_reason = "early_stopping"
+                break
+        if self.state.best_state is None:
+            raise CovidRegError(
+                message or "training produced no finite validation loss; try a lower --lr"
+            )
+        self.model.load_state_dict(self.state.best_state)
+        return FitResult(
+            history=list(self.state.history),
+            best_epoch=self.stopper.best_epoch,
+            best_valid_mse=self.stopper.best,
+            stop_reason=stop_reason,
+            seconds=time.perf_counter() - start,
+            message=message,
+        )
+
+    # --- exact resume ---
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain types and tensors only, so ``torch.load(weights_only=True)`` reads it back."""
+        sampler = self.loader.sampler
+        return {
+            "epoch": self.state.epoch,
+            "seconds": self.state.seconds,
+            "history": [vars(r).copy() for r in self.state.history],
+            "model": _copy_state(self.model),
+            "best_state": self.state.best_state,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "early_stopping": self.stopper.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": _numpy_state(),
+                "python": _python_state(),
+                "batch_order": sampler.generator.get_state(),
+                "loader": self.loader.generator.get_state(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = TrainingState(
+            epoch=int(state["epoch"]),
+            history=[EpochRecord(**r) for r in state["history"]],
+            best_state=state["best_state"],
+            seconds=float(state["seconds"]),
+        )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        _set_numpy_state(rng["numpy"])
+        _set_python_state(rng["python"])
+        self.loader.sampler.generator.set_state(rng["batch_order"])
+        self.loader.generator.set_state(rng["loader"])
+
+
+def _numpy_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+        "name": str(name),
+    }
+
+
+def _set_numpy_state(state: dict[str, Any]) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached"]))
+
+
+def _python_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_python_state(state: list[Any]) -> None:
+    version, internal, gauss = state
+    random.setstate((version, tuple(internal), gauss))

@@ -1,0 +1,88 @@
+"""Shared fixtures: small synthetic CSVs in the HW01 schema, and the real files when provided.
+
+The synthetic data keep the real files' structure: rows grouped by state in day order, each row
+a 3-day window, consecutive windows of a state sharing two days (row i's day-3 values are row
+i+1's day-2 values), and a target that depends on the cli family and the previous days.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covidreg.data import DAILY, STATES, TRAIN_HEADER
+
+REAL_DATA_ENV = "COVIDREG_DATA_DIR"
+
+
+def synthetic_days(n_states: int, n_windows: int, seed: int) -> np.ndarray:
+    """Daily values [state, day, 18] for n_windows + 2 days of each state."""
+    rng = np.random.default_rng(seed)
+    n_days = n_windows + 2
+    days = np.empty((n_states, n_days, len(DAILY)))
+    base = rng.uniform(5, 60, size=(n_states, len(DAILY)))
+    walk = np.cumsum(rng.normal(0, 0.6, size=(n_states, n_days, len(DAILY))), axis=1)
+    days[:] = base[:, None, :] + walk
+    days[..., :4] = np.abs(days[..., :4]) / 20 + 0.3  # cli, ili, hh_cmnty_cli, nohh_cmnty_cli
+    cli = days[..., 0] + days[..., 2] / 2
+    tested = np.empty((n_states, n_days))
+    tested[:, 0] = rng.uniform(5, 30, n_states)
+    for d in range(1, n_days):
+        tested[:, d] = 0.8 * tested[:, d - 1] + 3.0 * cli[:, d] + rng.normal(0, 0.3, n_states)
+    days[..., -1] = tested
+    return days
+
+
+def synthetic_rows(n_states: int = 4, n_windows: int = 30, seed: int = 0) -> np.ndarray:
+    """Rows in the training-file layout (without id): states one-hot + 3 days x 18."""
+    days = synthetic_days(n_states, n_windows, seed)
+    rows = []
+    for s in range(n_states):
+        onehot = np.zeros(len(STATES))
+        onehot[s] = 1.0
+        for w in range(n_windows):
+            rows.append(np.concatenate([onehot, days[s, w : w + 3].reshape(-1)]))
+    return np.array(rows)
+
+
+def write_hw01_csv(
+    path: Path, rows: np.ndarray, with_target: bool = True, first_id: int = 0
+) -> Path:
+    header = list(TRAIN_HEADER if with_target else TRAIN_HEADER[:-1])
+    body = rows if with_target else rows[:, :-1]
+    lines = [",".join(header)]
+    for i, row in enumerate(body):
+        lines.append(",".join([str(first_id + i), *(f"{v:.7g}" for v in row)]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def hw01_files(tmp_path: Path) -> dict[str, Path]:
+    """A synthetic training CSV (4 states x 30 windows) and test CSV (4 states x 6 windows)."""
+    train = write_hw01_csv(tmp_path / "covid.train.csv", synthetic_rows(4, 30, seed=0))
+    test = write_hw01_csv(
+        tmp_path / "covid.test.csv", synthetic_rows(4, 6, seed=1), with_target=False
+    )
+    return {"train": train, "test": test, "dir": tmp_path}
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """The real HW01 files, from COVIDREG_DATA_DIR.
+
+    CI sets it, so a real-data test never passes by being skipped there: outside CI a missing
+    variable skips, inside CI (CI=true) it fails.
+    """
+    value = os.environ.get(REAL_DATA_ENV)
+    if not value:
+        if os.environ.get("CI"):
+            pytest.fail(f"{REAL_DATA_ENV} is not set in CI: the real-data tests must run")
+        pytest.skip(f"set {REAL_DATA_ENV} to the directory holding covid.train.csv")
+    path = Path(value)
+    if not (path / "covid.train.csv").is_file():
+        pytest.fail(f"{REAL_DATA_ENV}={value} does not hold covid.train.csv")
+    return path
