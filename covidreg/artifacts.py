@@ -25,6 +25,8 @@ from covidreg.errors import CovidRegError
 
 CHECKPOINT_FORMAT = "covidreg-checkpoint"
 CHECKPOINT_VERSION = 1
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -38,6 +40,7 @@ def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
     try:
         yield tmp
         if durable:
@@ -149,8 +152,8 @@ def environment_info(device: str, seed: int, deterministic: bool) -> dict[str, A
     return {
         "covidreg": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        "torch": str(torch.__version__),
+        "numpy": str(numpy.__version__),
         "platform": platform.platform(),
         "device": device,
         "seed": seed,

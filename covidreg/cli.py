@@ -189,6 +189,77 @@ def train(
 
 
 @app.command()
+@with_config_options
+def cv(
+    folds: Annotated[int, typer.Option(help="Number of folds (2 .. number of rows).")] = 5,
+    config: ConfigOpt = None,
+    out: OutOpt = None,
+    predict: Annotated[
+        bool,
+        typer.Option("--predict", help="Also write the fold-ensemble pred.csv for the test CSV."),
+    ] = False,
+    quiet: QuietOpt = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """K-fold cross-validation: per-fold RMSE, mean ± std, and the persistence/ridge baselines.
+
+    Example: [bold]covidreg cv --folds 5 --config configs/sample.toml --split interleaved[/bold]
+    """
+    from covidreg import progress
+
+    with user_errors():
+        cfg = resolve_config(config, overrides)
+        from covidreg.cv import run_cv
+
+        with progress.fold_display(quiet, cfg.epochs) as display:
+            result = run_cv(
+                cfg,
+                folds,
+                out,
+                write_predictions=predict,
+                on_start=display.on_start,
+                on_fold_start=display.on_fold_start,
+                on_epoch=display.on_epoch,
+                on_fold_end=display.on_fold_end,
+            )
+        progress.cv_summary(result, quiet)
+
+
+@app.command("predict")
+def predict_command(
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A model.pt, a train run directory, or a cv run directory (fold ensemble).",
+            show_default=False,
+        ),
+    ],
+    test_csv: Annotated[
+        Path,
+        typer.Option(help="CSV to predict (test format; a training-format file is also scored)."),
+    ] = Path("data/covid.test.csv"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write id,tested_positive.")
+    ] = Path("pred.csv"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Predict a CSV with a trained model or a cv fold ensemble; score it if it has the target.
+
+    Example: [bold]covidreg predict --model runs/<run>/ --out pred.csv[/bold]
+    """
+    from covidreg import progress
+
+    with user_errors():
+        from covidreg.predict import run_predict
+
+        result = run_predict(model, test_csv, out)
+        progress.predict_summary(result, quiet)
+
+
+@app.command()
 def features() -> None:
     """List the feature presets and every feature name.
 
@@ -199,6 +270,86 @@ def features() -> None:
     for name, names in PRESETS.items():
         print(f"{name} ({len(names)}): {','.join(names)}")
     print(f"\nfeature names: {','.join(FEATURE_NAMES)}")
+
+
+@app.command()
+def fetch(
+    dest: Annotated[
+        Path,
+        typer.Option(
+            "--dest", "-d", help="Directory to put covid.train.csv and covid.test.csv in."
+        ),
+    ] = Path("data"),
+    url_base: Annotated[
+        Optional[str],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            "--url-base",
+            metavar="URL",
+            help="Download from this mirror instead of Google Drive: it serves "
+            "URL/covid.train.csv and URL/covid.test.csv.",
+            show_default=False,
+        ),
+    ] = None,
+    from_dir: Annotated[
+        Optional[Path],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            "--from",
+            metavar="DIR",
+            help="Copy the two files from this folder (e.g. an unzipped Kaggle download) "
+            "instead of downloading them.",
+            show_default=False,
+        ),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Refuse a file whose sha256 is not the published one; --no-verify accepts "
+            "modified copies.",
+        ),
+    ] = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", "-f", help="Fetch the files again even if verified copies are there."
+        ),
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download the HW01 files into data/ and check their sha256.
+
+    From the course's Google Drive copies, a mirror (--url-base) or a local folder (--from).
+
+    Verified files already there are kept; --force fetches them again.
+
+    Example: [bold]covidreg fetch --from ~/Downloads/ml2021spring-hw1[/bold]
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from covidreg.fetch import fetch_files, source_from
+    from covidreg.progress import err_console, out_console
+
+    bars = Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+        disable=quiet,
+    )
+    tasks: dict[str, Any] = {}
+
+    def on_progress(name: str, done: int, total: int | None) -> None:
+        if name not in tasks:
+            tasks[name] = bars.add_task(name, total=total)
+        bars.update(tasks[name], completed=done, total=total)
+
+    with user_errors():
+        source = source_from(url_base, from_dir)
+        with bars:
+            files = fetch_files(dest, source, verify, force, on_progress)
+    for file in files:
+        out_console.print(file.summary(), markup=False, style=None if file.verified else "yellow")
 
 
 def main() -> None:

@@ -90,10 +90,13 @@ def _check_path(path: Path, what: str) -> None:
 
 def _read_header(path: Path, what: str) -> list[str]:
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: spreadsheet programs often save a byte-order mark before the header
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             header = next(csv.reader(handle), [])
     except UnicodeDecodeError:
         raise CovidRegError(f"{what} {path} is not a UTF-8 text CSV file") from None
+    except csv.Error as exc:
+        raise CovidRegError(f"{what} {path}: malformed header row ({exc})") from None
     return [name.strip() for name in header]
 
 
@@ -131,6 +134,11 @@ def _check_header(header: list[str], path: Path, what: str, require_target: bool
     return len(header) == n_train
 
 
+def _row_label(row: int) -> str:
+    """Where data row ``row`` (0-based) is: its line in the file and its 1-based row number."""
+    return f"line {row + 2} (data row {row + 1})"
+
+
 def _column_label(pos: int, has_target: bool) -> str:
     """Human name of raw CSV column ``pos`` (0 = id), unique by day."""
     if pos == 0:
@@ -144,14 +152,28 @@ def _parse_cells(path: Path, what: str, n_cols: int, has_target: bool) -> np.nda
 
     try:
         frame = pd.read_csv(
-            path, header=None, skiprows=1, dtype=str, keep_default_na=False, skip_blank_lines=True
+            path,
+            header=None,
+            skiprows=1,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=True,
+            encoding="utf-8-sig",
         )
+    except pd.errors.EmptyDataError:  # nothing but blank lines after the header
+        frame = pd.DataFrame()
     except pd.errors.ParserError as exc:
         raise CovidRegError(f"{what} {path}: malformed CSV ({exc}); fix the row") from None
+    except UnicodeDecodeError:
+        raise CovidRegError(f"{what} {path} is not a UTF-8 text CSV file") from None
     if len(frame) == 0:
         raise CovidRegError(f"{what} {path} has a header but no data rows")
-    if frame.shape[1] != n_cols:  # pragma: no cover - the parser rejects long rows itself
-        raise CovidRegError(f"{what} {path}: rows have {frame.shape[1]} fields, expected {n_cols}")
+    if frame.shape[1] != n_cols:
+        # the parser takes the width from the first data row and rejects later, longer rows
+        raise CovidRegError(
+            f"{what} {path}, {_row_label(0)}: {frame.shape[1]} fields, expected {n_cols} as in "
+            "the header; fix the row"
+        )
     values = frame.apply(lambda col: pd.to_numeric(col.str.strip(), errors="coerce"))
     array = values.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = ~np.isfinite(array)
@@ -160,7 +182,7 @@ def _parse_cells(path: Path, what: str, n_cols: int, has_target: bool) -> np.nda
         cell = frame.iat[row, col]
         kind = "an empty cell" if cell.strip() == "" else f"'{cell}', not a finite number"
         raise CovidRegError(
-            f"{what} {path}, row {row + 2} (line {row + 2}), column "
+            f"{what} {path}, {_row_label(row)}, column "
             f"{_column_label(col, has_target)}: {kind}; fix or remove the row"
         )
     return array
@@ -168,27 +190,34 @@ def _parse_cells(path: Path, what: str, n_cols: int, has_target: bool) -> np.nda
 
 def _check_rows(array: np.ndarray, path: Path, what: str) -> None:
     ids = array[:, 0]
-    if not np.all(ids == np.round(ids)):
-        row = int(np.argmax(ids != np.round(ids)))
-        raise CovidRegError(f"{what} {path}, row {row + 2}, column 'id': not an integer id")
+    not_int = (ids != np.round(ids)) | (np.abs(ids) >= 2.0**63)
+    if not_int.any():
+        row = int(np.argmax(not_int))
+        raise CovidRegError(f"{what} {path}, {_row_label(row)}, column 'id': not an integer id")
     onehot = array[:, 1 : 1 + len(STATES)]
     not_binary = ~np.isin(onehot, (0.0, 1.0))
     if not_binary.any():
         row, col = map(int, np.argwhere(not_binary)[0])
         raise CovidRegError(
-            f"{what} {path}, row {row + 2}, column '{STATES[col]}': state columns must be 0 or 1, "
+            f"{what} {path}, {_row_label(row)}, column '{STATES[col]}': state columns must be 0 "
+            "or 1, "
             f"got {onehot[row, col]:g}"
         )
     sums = onehot.sum(axis=1)
     if np.any(sums != 1):
         row = int(np.argmax(sums != 1))
         raise CovidRegError(
-            f"{what} {path}, row {row + 2}, columns AL..WI: the state one-hot has "
+            f"{what} {path}, {_row_label(row)}, columns AL..WI: the state one-hot has "
             f"{int(sums[row])} ones, expected exactly 1"
         )
     unique, counts = np.unique(ids, return_counts=True)
     if np.any(counts > 1):
-        raise CovidRegError(f"{what} {path}: id {int(unique[counts > 1][0])} appears twice")
+        repeated = unique[counts > 1][0]
+        first, second = np.flatnonzero(ids == repeated)[:2]
+        raise CovidRegError(
+            f"{what} {path}: id {int(repeated)} appears twice, at {_row_label(int(first))} and "
+            f"{_row_label(int(second))}"
+        )
 
 
 def read_hw01_csv(
@@ -215,6 +244,8 @@ def read_hw01_csv(
 
 def resolve_features(spec: Sequence[str]) -> list[str]:
     """Feature names from a preset name or an explicit list of names (in the given order)."""
+    if len(spec) == 0:
+        raise CovidRegError(f"no features given; use a preset ({', '.join(PRESETS)}) or names")
     if len(spec) == 1 and spec[0] in PRESETS:
         return list(PRESETS[spec[0]])
     names: list[str] = []
@@ -290,6 +321,12 @@ class BlockedKFold:
             end = start + size
             valid = (position >= start) & (position < end)
             near = (position >= start - self.purge) & (position < end + self.purge)
+            if near.all():
+                raise CovidRegError(
+                    f"blocked split: fold {k + 1} of {self.n_splits} leaves no training rows "
+                    f"after purging {self.purge} windows on each side; use fewer folds, a "
+                    "smaller purge or more rows per state"
+                )
             yield np.flatnonzero(~near), np.flatnonzero(valid)
 
 
@@ -360,7 +397,8 @@ def holdout_split(
         n_valid = max(1, round(n * valid_ratio))
         valid_idx, train_idx = np.sort(order[:n_valid]), np.sort(order[n_valid:])
     elif method == "interleaved":
-        every = max(2, round(1 / valid_ratio))
+        # capped: a tiny ratio would overflow, and any k >= n already holds out only row 0
+        every = max(2, round(min(1 / valid_ratio, n + 1)))
         is_valid = np.arange(n) % every == 0
         train_idx, valid_idx = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
     else:
@@ -383,12 +421,15 @@ def fit_standardization(x_train: np.ndarray, names: Sequence[str]) -> tuple[np.n
     Fitting on the training split only matters: the course sample code normalised each set with
     its own statistics, which shifts valid/test inputs relative to what the model learned.
     """
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
+    # float64: float32 sums drift, giving a constant column a tiny std instead of zero
+    x = np.asarray(x_train, dtype=np.float64)
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
     is_state = np.array([name in STATES for name in names], dtype=bool)
     mean[is_state] = 0.0
     std[is_state] = 1.0
-    std[std < 1e-12] = 1.0  # a constant feature: centre it, do not divide by zero
+    constant = np.all(x == x[:1], axis=0) | (std < 1e-12)
+    std[constant] = 1.0  # a constant feature: centre it, do not divide by zero
     return mean, std
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from covidreg import artifacts
+from covidreg.baselines import persistence_predict, rmse
 from covidreg.config import Config, from_dict, to_dict, to_toml
 from covidreg.data import (
     TARGET,
@@ -26,7 +27,7 @@ from covidreg.data import (
     select,
 )
 from covidreg.errors import CovidRegError
-from covidreg.model import build_model, count_parameters
+from covidreg.model import build_model, count_parameters, skip_index_for
 from covidreg.train import (
     EarlyStopping,
     EpochRecord,
@@ -35,6 +36,7 @@ from covidreg.train import (
     predict,
     resolve_device,
     seed_everything,
+    set_threads,
 )
 
 STATE_FILE = "training_state.pt"
@@ -48,14 +50,21 @@ class LoadedData:
     test: HW01Table | None
 
 
-def load_data(cfg: Config) -> LoadedData:
+def load_data(cfg: Config, with_test: bool = True) -> LoadedData:
     """Read and validate the CSVs named in ``cfg`` and resolve the feature names."""
     feature_names = resolve_features(cfg.features)
     train = read_hw01_csv(cfg.train_csv, require_target=True, what="training CSV")
     test = None
-    if cfg.test_csv:
+    if cfg.test_csv and with_test:
         test = read_hw01_csv(cfg.test_csv, require_target=False, what="test CSV")
     return LoadedData(feature_names, train, test)
+
+
+def preflight(cfg: Config, data: LoadedData, n_train: int) -> None:
+    """Every check that needs both config and data, run before anything is written."""
+    check_batch_size(cfg, n_train)
+    skip_index_for(cfg, data.feature_names)
+    resolve_device(cfg.device)
 
 
 def check_batch_size(cfg: Config, n_train: int) -> None:
@@ -91,6 +100,7 @@ def fit_model(
     valid_arr = select(data.train, columns, valid_idx)
     check_batch_size(cfg, len(train_arr))
     device = resolve_device(cfg.device)
+    set_threads(cfg.threads)
     seed_everything(seed, cfg.deterministic)
     model = build_model(cfg, data.feature_names)
     mean, std = fit_standardization(train_arr.x.astype(np.float64), data.feature_names)
@@ -133,14 +143,6 @@ def checkpoint_payload(
     }
 
 
-def persistence_mse(data: LoadedData, rows: np.ndarray) -> float:
-    """MSE of predicting day 3 = day 2 tested_positive: the baseline any model must beat."""
-    from covidreg.data import FEATURE_NAMES
-
-    d2 = data.train.features[rows, FEATURE_NAMES.index("tested_positive_d2")]
-    return float(np.mean((data.train.target[rows] - d2) ** 2))
-
-
 @dataclass
 class RunResult:
     run_dir: Path
@@ -157,7 +159,9 @@ def _metrics(
         "best_epoch": result.best_epoch,
         "valid_mse": result.best_valid_mse,
         "valid_rmse": math.sqrt(result.best_valid_mse),
-        "persistence_valid_rmse": math.sqrt(persistence_mse(data, valid_idx)),
+        "persistence_valid_rmse": rmse(
+            persistence_predict(data.train, valid_idx), data.train.target[valid_idx]
+        ),
         "epochs_run": len(result.history),
         "stop_reason": result.stop_reason,
         "seconds": round(result.seconds, 3),
@@ -229,7 +233,7 @@ def run_train(
     train_idx, valid_idx = holdout_split(
         data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
-    check_batch_size(cfg, len(train_idx))
+    preflight(cfg, data, len(train_idx))
     artifacts.check_output_target(out)
     run_dir = (
         artifacts.ensure_writable_dir(out) if out else artifacts.new_run_dir(runs_dir, run_name)

@@ -42,6 +42,8 @@ class EpochDisplay:
     def on_start(self, run_dir: Path, first_epoch: int) -> None:
         if self.progress is None:
             return
+        # Started only now, after the inputs were validated: an input error prints one line.
+        self.progress.start()
         err_console.print(f"run directory: [bold]{run_dir}[/bold]")
         self.task = self.progress.add_task(
             "train", total=self.total, completed=first_epoch, train="-", valid="-", best="-"
@@ -74,16 +76,23 @@ class EpochDisplay:
         )
 
     def finish(self) -> None:
-        if self.progress is not None and self.task is not None and self._last is not None:
-            self._show()
+        if self.progress is not None and self.task is not None:
+            if self._last is not None:
+                self._show()
+            self.progress.stop()
 
 
 @contextmanager
 def epoch_display(quiet: bool, total: int | None = None) -> Iterator[EpochDisplay]:
-    if quiet:
-        yield EpochDisplay(None, total)
-        return
-    progress = Progress(
+    display = EpochDisplay(None if quiet else _epoch_progress(), total)
+    try:
+        yield display
+    finally:
+        display.finish()
+
+
+def _epoch_progress() -> Progress:
+    return Progress(
         TextColumn("[bold blue]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -95,10 +104,6 @@ def epoch_display(quiet: bool, total: int | None = None) -> Iterator[EpochDispla
         transient=False,
         refresh_per_second=8,
     )
-    with progress:
-        display = EpochDisplay(progress, total)
-        yield display
-        display.finish()
 
 
 def train_summary(result: Any, quiet: bool) -> None:
@@ -127,3 +132,106 @@ def train_summary(result: Any, quiet: bool) -> None:
     out_console.print(
         f"valid_rmse={m['valid_rmse']:.5f} best_epoch={m['best_epoch']} run_dir={result.run_dir}"
     )
+
+
+class FoldDisplay(EpochDisplay):
+    """One progress bar per fold, and the fold's row as soon as it finishes."""
+
+    def on_start(self, run_dir: Path, first_epoch: int = 0) -> None:  # type: ignore[override]
+        if self.progress is None:
+            return
+        self.progress.start()
+        err_console.print(f"run directory: [bold]{run_dir}[/bold]")
+
+    def on_fold_start(self, fold: int, n_folds: int) -> None:
+        if self.progress is None:
+            return
+        if self.task is not None:
+            self._show()
+        self._last = None
+        self.task = self.progress.add_task(
+            f"fold {fold}/{n_folds}", total=self.total, train="-", valid="-", best="-"
+        )
+
+    def on_fold_end(self, fold: Any) -> None:
+        if self.progress is not None and self._last is not None:
+            self._show()
+
+
+@contextmanager
+def fold_display(quiet: bool, total: int) -> Iterator[FoldDisplay]:
+    display = FoldDisplay(None if quiet else _epoch_progress(), total)
+    try:
+        yield display
+    finally:
+        display.finish()
+
+
+def cv_summary(result: Any, quiet: bool) -> None:
+    """The per-fold table, mean ± std and the baselines; the result line on stdout."""
+    s = result.summary
+    if not quiet:
+        table = Table(
+            title=f"covidreg cv: {result.n_folds} {result.split} folds", title_justify="left"
+        )
+        for name in (
+            "fold",
+            "train rows",
+            "valid rows",
+            "epochs",
+            "best epoch",
+            "valid MSE",
+            "valid RMSE",
+            "persistence",
+            "ridge",
+            "seconds",
+        ):
+            table.add_column(name, justify="right")
+        for f in result.folds:
+            table.add_row(
+                str(f.fold),
+                str(f.train_rows),
+                str(f.valid_rows),
+                str(f.epochs_run),
+                str(f.best_epoch),
+                f"{f.valid_mse:.4f}",
+                f"{f.valid_rmse:.4f}",
+                f"{f.persistence_rmse:.4f}",
+                f"{f.ridge_rmse:.4f}",
+                f"{f.seconds:.1f}",
+            )
+        table.add_section()
+        for label, key in (("mean", "mean"), ("std", "std"), ("min", "min"), ("max", "max")):
+            table.add_row(
+                label,
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"{s['valid_rmse'][key]:.4f}",
+                f"{s['persistence_rmse'][key]:.4f}",
+                f"{s['ridge_rmse'][key]:.4f}",
+                f"{s['seconds']:.1f}" if key == "mean" else "",
+            )
+        err_console.print(table)
+        err_console.print(f"outputs: {result.run_dir}")
+        if result.pred_path is not None:
+            err_console.print(f"fold-ensemble predictions: {result.pred_path}")
+    v, p, r = s["valid_rmse"], s["persistence_rmse"], s["ridge_rmse"]
+    out_console.print(
+        f"cv_rmse={v['mean']:.5f}±{v['std']:.5f} persistence_rmse={p['mean']:.5f}±{p['std']:.5f} "
+        f"ridge_rmse={r['mean']:.5f}±{r['std']:.5f} run_dir={result.run_dir}"
+    )
+
+
+def predict_summary(result: Any, quiet: bool) -> None:
+    if not quiet:
+        what = "model" if result.n_models == 1 else f"ensemble of {result.n_models} fold models"
+        err_console.print(f"predicted {result.n_rows} rows with the {what}")
+        for row in result.per_model:
+            err_console.print(f"  {row['model']}: RMSE {row['rmse']:.5f}  MAE {row['mae']:.5f}")
+    line = f"wrote {result.out} ({result.n_rows} rows)"
+    if result.scores is not None:
+        line += f" rmse={result.scores['rmse']:.5f} mae={result.scores['mae']:.5f}"
+    out_console.print(line)

@@ -20,6 +20,12 @@ from covidreg.errors import CovidRegError
 # --- reproducibility ----------------------------------------------------------------------------
 
 
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads for torch's kernels (0: leave torch's default)."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA); optionally force deterministic kernels."""
     if deterministic:
@@ -69,8 +75,6 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     }
     if cfg.optimizer not in builders:
         raise CovidRegError(f"unknown optimizer '{cfg.optimizer}'; use {', '.join(builders)}")
-    if cfg.optimizer == "sgd" and cfg.nesterov and cfg.momentum == 0:
-        raise CovidRegError("nesterov needs a momentum > 0; set --momentum or --no-nesterov")
     return builders[cfg.optimizer]()
 
 
@@ -289,7 +293,11 @@ class Trainer:
     ) -> FitResult:
         start = time.perf_counter() - self.state.seconds
         stop_reason, message = "max_epochs", ""
+        if self.stopper.should_stop:  # resumed from a state saved at the stopping epoch
+            stop_reason = "early_stopping"
         for epoch in range(self.state.epoch + 1, self.cfg.epochs + 1):
+            if stop_reason == "early_stopping":
+                break
             record = self._epoch(epoch)
             if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
                 stop_reason = "diverged"

@@ -1,0 +1,50 @@
+# covidreg: `make train` sets everything up and trains; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+COVIDREG := $(VENV)/bin/covidreg
+STAMP := $(VENV)/.installed
+# The real HW01 files for the real-data tests (CI points this at ../shared/hw01).
+export COVIDREG_DATA_DIR ?= $(CURDIR)/data
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install train cv test test-fast lint format bench results clean
+
+# The venv sees the system's packages, so a torch already installed (a CUDA build, say) is used
+# as it is. Only when none is importable is torch pinned: an unpinned `torch` would pull several
+# GB of CUDA packages.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: install
+	$(COVIDREG) fetch
+	$(COVIDREG) train
+
+cv: install
+	$(COVIDREG) fetch
+	$(COVIDREG) cv --folds 5
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not realdata" -x -q
+
+lint: install
+	$(VENV)/bin/ruff check covidreg tests bench
+	$(VENV)/bin/ruff format --check covidreg tests bench
+
+format: install
+	$(VENV)/bin/ruff format covidreg tests bench
+	$(VENV)/bin/ruff check --fix covidreg tests bench
+
+bench: install
+	$(PY) bench/bench.py --data-dir "$(COVIDREG_DATA_DIR)"
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

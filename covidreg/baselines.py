@@ -1,0 +1,44 @@
+"""The simple answers a network must beat: persistence and closed-form ridge regression."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from covidreg.data import FEATURE_NAMES, HW01Table, feature_columns, fit_standardization
+
+RIDGE_ALPHA = 1.0  # on standardised features; small next to the ~2000 training rows
+
+
+def persistence_predict(table: HW01Table, rows: np.ndarray) -> np.ndarray:
+    """Day 3 = day 2: tomorrow's tested_positive is today's."""
+    return table.features[rows, FEATURE_NAMES.index("tested_positive_d2")]
+
+
+def ridge_fit_predict(
+    table: HW01Table,
+    feature_names: list[str],
+    train_idx: np.ndarray,
+    predict_rows: np.ndarray,
+    alpha: float = RIDGE_ALPHA,
+    other: HW01Table | None = None,
+) -> np.ndarray:
+    """Ridge regression on standardised features (fitted on the training rows), solved exactly.
+
+    The intercept is not penalised. Predicts ``predict_rows`` of ``other`` (default: ``table``).
+    """
+    columns = feature_columns(feature_names)
+    x_train = table.features[np.ix_(train_idx, columns)]
+    mean, std = fit_standardization(x_train, feature_names)
+    z = (x_train - mean) / std
+    y = table.target[train_idx]
+    z_mean, y_mean = z.mean(axis=0), y.mean()
+    zc = z - z_mean
+    gram = zc.T @ zc + alpha * np.eye(len(columns))
+    weights = np.linalg.solve(gram, zc.T @ (y - y_mean))
+    source = table if other is None else other
+    z_pred = (source.features[np.ix_(predict_rows, columns)] - mean) / std
+    return (z_pred - z_mean) @ weights + y_mean
+
+
+def rmse(pred: np.ndarray, target: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((pred - target) ** 2)))

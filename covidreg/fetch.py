@@ -1,0 +1,331 @@
+"""Getting the HW01 files: download or copy them into a data directory, checked by sha256.
+
+Three sources: the course's public Google Drive copies (through gdown, which knows Drive's
+confirmation pages), any HTTP mirror serving the two files, or a local folder such as an unzipped
+Kaggle download. Each file is written under a temporary name beside its destination and renamed
+onto it only once its checksum matched, so a failed or interrupted fetch leaves nothing
+half-written or unverified in the data directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.client
+import inspect
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, ClassVar
+
+from covidreg.artifacts import atomic_path
+from covidreg.errors import CovidRegError
+
+#: The ways to get the data, for every message about missing or unreachable HW01 files.
+DATA_HELP = (
+    "get the HW01 files in one of three ways: 'covidreg fetch' (the course's Google Drive "
+    "copies), 'covidreg fetch --url-base URL' (a mirror serving URL/covid.train.csv and "
+    "URL/covid.test.csv) or 'covidreg fetch --from DIR' (a folder holding the unzipped Kaggle "
+    "download of ml2021spring-hw1)"
+)
+
+
+@dataclass(frozen=True)
+class HW01File:
+    name: str  # file name in the data directory and on every mirror
+    drive_id: str  # id of the course's public Google Drive copy
+    sha256: str  # checksum of the file as the course published it
+
+
+HW01_FILES: tuple[HW01File, ...] = (
+    HW01File(
+        "covid.train.csv",
+        "19CCyCgJrUxtvgZF53vnctJiOJ23T5mqF",
+        "7b70cccab9712a6f6c780eddbdde2484a43c98e1b63b765d64692b8f2ed9225a",
+    ),
+    HW01File(
+        "covid.test.csv",
+        "1CE240jLm2npU-tdz81-oVKEF3T2yfT1O",
+        "6b5ba63b3d025889ebe7ee222b23b39d1a0c45761cfb3babfaa20a5ec0dbc051",
+    ),
+)
+
+#: ``on_progress(file_name, bytes_so_far, bytes_total_or_None)`` after each chunk.
+ProgressCallback = Callable[[str, int, "int | None"], None]
+#: The same for one file: ``report(bytes_so_far, bytes_total_or_None)``.
+FileProgress = Callable[[int, "int | None"], None]
+
+CHUNK_BYTES = 64 * 1024
+TIMEOUT_S = 30.0  # seconds without a byte from the server before giving up
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """One HW01 file in the data directory after a fetch."""
+
+    path: Path
+    action: str  # "downloaded", "copied" or "present" (already there, left alone)
+    origin: str  # where it came from: "Google Drive", a URL or a folder; "" if present
+    sha256: str
+    size: int  # bytes
+    verified: bool  # the sha256 is the published one
+
+    def summary(self) -> str:
+        action = (
+            "already present" if self.action == "present" else f"{self.action} from {self.origin}"
+        )
+        check = (
+            "verified" if self.verified else "sha256 differs from the published file (--no-verify)"
+        )
+        return f"{self.path}: {action}, {check}"
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    """A third-party error message squeezed onto one line (gdown's run over several)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _unavailable(file: HW01File, origin: str, reason: str) -> CovidRegError:
+    return CovidRegError(f"cannot download {file.name} from {origin}: {reason}; {DATA_HELP}")
+
+
+def _copy_stream(
+    src: BinaryIO, out: BinaryIO, total: int | None, report: FileProgress | None
+) -> int:
+    done = 0
+    while chunk := src.read(CHUNK_BYTES):
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            raise CovidRegError(f"cannot write the download: {exc.strerror}") from None
+        done += len(chunk)
+        if report is not None:
+            report(done, total)
+    return done
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriveSource:
+    """The course's public Google Drive copies, through gdown."""
+
+    action: ClassVar[str] = "downloaded"
+
+    def __str__(self) -> str:
+        return "Google Drive"
+
+    def retrieve(self, file: HW01File, out: BinaryIO, report: FileProgress | None) -> None:
+        try:
+            import gdown
+            import requests
+        except ImportError:
+            raise CovidRegError(
+                f"downloading from Google Drive needs gdown (pip install 'gdown>=5'); {DATA_HELP}"
+            ) from None
+        options: dict[str, object] = {"quiet": report is None}
+        # Recent gdown versions report progress through a callback; older ones draw their own bar.
+        if report is not None and "progress" in inspect.signature(gdown.download).parameters:
+            options = {"quiet": True, "progress": report}
+        errors = (
+            getattr(gdown.exceptions, "DownloadError", gdown.exceptions.FileURLRetrievalError),
+            gdown.exceptions.FileURLRetrievalError,
+            requests.RequestException,
+            OSError,
+        )
+        try:
+            gdown.download(id=file.drive_id, output=out, **options)
+        except requests.ConnectionError:
+            # requests' own message is a nested repr of the socket error, unreadable on one line
+            reason = "cannot connect (offline, or drive.google.com is blocked here)"
+            raise _unavailable(file, str(self), reason) from None
+        except errors as exc:
+            raise _unavailable(file, str(self), _one_line(exc) or type(exc).__name__) from None
+
+
+@dataclass(frozen=True)
+class MirrorSource:
+    """Any HTTP(S) server with the two files at ``url_base/covid.train.csv`` and so on."""
+
+    url_base: str
+    action: ClassVar[str] = "downloaded"
+
+    def __post_init__(self) -> None:
+        if not self.url_base.startswith(("http://", "https://")):
+            raise CovidRegError(
+                f"--url-base {self.url_base!r} is not an http:// or https:// URL; "
+                "for a folder on this machine use --from DIR"
+            )
+
+    def __str__(self) -> str:
+        return self.url_base
+
+    def url(self, file: HW01File) -> str:
+        return f"{self.url_base.rstrip('/')}/{file.name}"
+
+    def retrieve(self, file: HW01File, out: BinaryIO, report: FileProgress | None) -> None:
+        url = self.url(file)
+        try:
+            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                done = _copy_stream(response, out, total, report)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise _unavailable(
+                file, url, f"the server answered HTTP {exc.code} {exc.reason}"
+            ) from None
+        except urllib.error.URLError as exc:
+            raise _unavailable(file, url, f"cannot connect ({_one_line(exc.reason)})") from None
+        except (http.client.HTTPException, OSError) as exc:  # reset, timeout, bad response
+            reason = _one_line(exc) or type(exc).__name__
+            raise _unavailable(file, url, f"the transfer broke off ({reason})") from None
+        # http.client returns a short body without complaint when the connection closes early.
+        if total is not None and done != total:
+            raise _unavailable(file, url, f"the transfer broke off after {done} of {total} bytes")
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    """A folder on this machine holding the two files, e.g. an unzipped Kaggle download."""
+
+    folder: Path
+    action: ClassVar[str] = "copied"
+
+    def __str__(self) -> str:
+        return str(self.folder)
+
+    def retrieve(self, file: HW01File, out: BinaryIO, report: FileProgress | None) -> None:
+        path = self.folder / file.name
+        if self.folder.is_file():
+            raise CovidRegError(
+                f"--from {self.folder} is a file; unzip the Kaggle download and pass the folder"
+            )
+        if not self.folder.is_dir():
+            raise CovidRegError(f"--from {self.folder} does not exist; {DATA_HELP}")
+        if not path.is_file():
+            raise CovidRegError(
+                f"--from {self.folder} has no {file.name}; pass the folder holding "
+                "covid.train.csv and covid.test.csv"
+            )
+        try:
+            with path.open("rb") as src:
+                _copy_stream(src, out, path.stat().st_size, report)
+        except OSError as exc:
+            raise CovidRegError(f"cannot read {path}: {exc.strerror}") from None
+
+
+Source = DriveSource | MirrorSource | FolderSource
+
+
+def source_from(url_base: str | None = None, folder: Path | None = None) -> Source:
+    """The source the options name: a mirror, a folder, or by default Google Drive."""
+    if url_base is not None and folder is not None:
+        raise CovidRegError("pass either --url-base or --from, not both")
+    if url_base is not None:
+        return MirrorSource(url_base)
+    if folder is not None:
+        return FolderSource(Path(folder))
+    return DriveSource()
+
+
+# --- fetching ------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _present(file: HW01File, path: Path, verify: bool, force: bool) -> FetchedFile | None:
+    """The file already in the data directory, or None if it must be fetched."""
+    if path.is_dir():
+        raise CovidRegError(f"{path} is a directory; remove it or choose another --dest")
+    if force or not path.exists():
+        return None
+    digest = file_sha256(path)
+    verified = digest == file.sha256
+    if verify and not verified:
+        raise CovidRegError(
+            f"{path} is already there but is not the published {file.name} (expected sha256 "
+            f"{file.sha256}, got {digest}); pass --force to download it again, or --no-verify "
+            "to keep it"
+        )
+    return FetchedFile(path, "present", "", digest, path.stat().st_size, verified)
+
+
+def _check_data_dir(dest: Path) -> None:
+    if dest.exists() and not dest.is_dir():
+        raise CovidRegError(f"data directory {dest} is a file; choose another with --dest")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CovidRegError(
+            f"cannot create data directory {dest}: {exc.strerror}; choose another with --dest"
+        ) from None
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise CovidRegError(f"data directory {dest} is not writable; choose another with --dest")
+
+
+def _check_verified(tmp: Path, file: HW01File, source: Source, verify: bool) -> str:
+    digest = file_sha256(tmp)
+    if verify and digest != file.sha256:
+        raise CovidRegError(
+            f"{file.name} from {source} is not the published file (expected sha256 "
+            f"{file.sha256}, got {digest}); it is damaged or modified: use another source, or "
+            "pass --no-verify to accept it"
+        )
+    # Even unverified, an HTML error page served with status 200 must not become the CSV.
+    with tmp.open("rb") as handle:
+        start = handle.read(3)
+    if start != b"id,":
+        raise CovidRegError(
+            f"{file.name} from {source} is not an HW01 CSV file (it does not start with the "
+            f"header 'id,...' but with {start!r}); use another source"
+        )
+    return digest
+
+
+def _fetch_one(
+    file: HW01File, path: Path, source: Source, verify: bool, on_progress: ProgressCallback | None
+) -> FetchedFile:
+    report = None if on_progress is None else functools.partial(on_progress, file.name)
+    with atomic_path(path) as tmp:
+        with tmp.open("wb") as out:
+            source.retrieve(file, out, report)
+        digest = _check_verified(tmp, file, source, verify)
+        size = tmp.stat().st_size
+    return FetchedFile(path, source.action, str(source), digest, size, digest == file.sha256)
+
+
+def fetch_files(
+    dest: str | Path = "data",
+    source: Source | None = None,
+    verify: bool = True,
+    force: bool = False,
+    on_progress: ProgressCallback | None = None,
+) -> list[FetchedFile]:
+    """Put covid.train.csv and covid.test.csv into ``dest``, each checked against its sha256.
+
+    Files already there are kept when they verify (or always with ``verify=False``); ``force``
+    fetches them again. ``source`` defaults to the course's Google Drive copies. A file replaces
+    its destination only once complete and verified; on any failure a CovidRegError says why.
+    """
+    dest = Path(dest)
+    source = DriveSource() if source is None else source
+    # Check every file already there first, so a refused one stops the fetch before any download.
+    present = {file.name: _present(file, dest / file.name, verify, force) for file in HW01_FILES}
+    if any(found is None for found in present.values()):
+        _check_data_dir(dest)
+    return [
+        present[file.name] or _fetch_one(file, dest / file.name, source, verify, on_progress)
+        for file in HW01_FILES
+    ]

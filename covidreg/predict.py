@@ -1,0 +1,122 @@
+"""Rebuild models from checkpoints alone and predict a CSV (one model or a fold ensemble)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from covidreg import artifacts
+from covidreg.config import Config, from_dict
+from covidreg.data import FEATURE_NAMES, HW01Table, feature_columns, read_hw01_csv, select
+from covidreg.errors import CovidRegError
+from covidreg.model import MLP, build_model
+from covidreg.train import predict
+
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: MLP
+    config: Config
+    feature_names: list[str]
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Rebuild a model from a covidreg checkpoint (config, features and statistics inside)."""
+    path = Path(path)
+    ckpt = artifacts.load_checkpoint(path)
+    if ckpt.get("kind") != "model":
+        raise CovidRegError(
+            f"checkpoint {path} is a {ckpt.get('kind', 'unknown')} file, not a trained model; "
+            "pass the model.pt of a finished run"
+        )
+    try:
+        cfg = from_dict(ckpt["config"], str(path))
+        names = [str(n) for n in ckpt["feature_names"]]
+        unknown = [n for n in names if n not in FEATURE_NAMES]
+        if unknown:
+            raise CovidRegError(f"checkpoint {path} uses unknown features: {', '.join(unknown)}")
+        model = build_model(cfg, names)
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0][:160]
+        raise CovidRegError(
+            f"checkpoint {path} is damaged or incomplete ({reason}); retrain the model"
+        ) from None
+    model.eval()
+    return LoadedModel(path, model, cfg, names)
+
+
+def find_models(path: str | Path) -> list[Path]:
+    """A model.pt file, a train run directory, or a cv run directory (its fold models)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise CovidRegError(f"model {path} does not exist; pass a model.pt or a run directory")
+    if (path / MODEL_FILE).is_file():
+        return [path / MODEL_FILE]
+    folds = sorted(path.glob(f"fold_*/{MODEL_FILE}"), key=lambda p: int(p.parent.name[5:]))
+    if not folds:
+        raise CovidRegError(
+            f"{path} holds no {MODEL_FILE} and no fold_*/{MODEL_FILE}; pass a directory written "
+            "by covidreg train or covidreg cv"
+        )
+    return folds
+
+
+def load_models(path: str | Path) -> list[LoadedModel]:
+    return [load_model(p) for p in find_models(path)]
+
+
+def ensemble_predict(models: list[LoadedModel], table: HW01Table) -> np.ndarray:
+    """Mean of the models' predictions (each model selects its own features)."""
+    preds = []
+    for loaded in models:
+        x = torch.from_numpy(select(table, feature_columns(loaded.feature_names)).x)
+        preds.append(predict(loaded.model, x))
+    return np.mean(preds, axis=0)
+
+
+def score(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    err = pred - target
+    return {"rmse": math.sqrt(float(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
+
+
+@dataclass
+class PredictResult:
+    out: Path
+    n_rows: int
+    n_models: int
+    scores: dict[str, float] | None
+    per_model: list[dict[str, Any]]
+
+
+def run_predict(model_path: str | Path, csv_path: str | Path, out: str | Path) -> PredictResult:
+    """``covidreg predict``: validate, predict, and write ``id,tested_positive`` atomically.
+
+    A training-format CSV (with the target column) is also scored: RMSE and MAE.
+    """
+    models = load_models(model_path)
+    table = read_hw01_csv(csv_path, require_target=None, what="CSV")
+    out = Path(out)
+    artifacts.check_output_target(out.parent, "output directory")
+    if out.is_dir():
+        raise CovidRegError(f"--out {out} is a directory; pass a file path such as pred.csv")
+    pred = ensemble_predict(models, table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_predictions(out, table.ids, pred)
+    scores = None if table.target is None else score(pred, table.target)
+    per_model = []
+    if table.target is not None and len(models) > 1:
+        for loaded in models:
+            single = ensemble_predict([loaded], table)
+            per_model.append({"model": str(loaded.path), **score(single, table.target)})
+    return PredictResult(out, len(table), len(models), scores, per_model)

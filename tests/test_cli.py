@@ -1,0 +1,254 @@
+"""The command line through typer.testing.CliRunner: exit codes, key output lines, files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from covidreg.cli import app
+from covidreg.config import Config, resolve_config
+from tests.conftest import synthetic_rows, write_hw01_csv
+
+runner = CliRunner()
+RUN_FILES = {
+    "model.pt",
+    "config.toml",
+    "history.csv",
+    "metrics.json",
+    "learning_curve.png",
+    "valid_pred.png",
+    "pred.csv",
+}
+
+
+def quick_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--train-csv",
+        str(files["train"]),
+        "--test-csv",
+        str(files["test"]),
+        "--epochs",
+        "12",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_train_writes_every_output(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, quick_args(hw01_files, out))
+    assert result.exit_code == 0, result.stderr
+    assert {p.name for p in out.iterdir()} >= RUN_FILES
+    assert not list(out.glob(".*.tmp")), "no temporary files may remain"
+    assert "valid_rmse=" in result.stdout
+    assert "run directory:" in result.stderr
+
+    pred = (out / "pred.csv").read_text().splitlines()
+    assert pred[0] == "id,tested_positive"
+    assert [int(line.split(",")[0]) for line in pred[1:]] == list(range(24))
+    assert all(torch.isfinite(torch.tensor(float(line.split(",")[1]))) for line in pred[1:])
+
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["format"] == "covidreg-checkpoint"
+    assert ckpt["feature_names"][-1] == "tested_positive_d2"
+    assert len(ckpt["normalization"]["mean"]) == len(ckpt["feature_names"])
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 12
+    assert metrics["valid_rmse"] == pytest.approx(metrics["valid_mse"] ** 0.5)
+    assert metrics["environment"]["seed"] == 42
+    assert metrics["environment"]["torch"] == torch.__version__
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,train_loss,valid_loss,lr"
+    assert len(history) == 13
+    resolved = resolve_config(out / "config.toml")
+    assert resolved.epochs == 12 and resolved.batch_size == 16
+
+
+def test_quiet_prints_only_the_result_line(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, quick_args(hw01_files, tmp_path / "run", "--quiet"))
+    assert result.exit_code == 0
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith("valid_rmse=")
+    assert result.stderr == ""
+
+
+def test_flags_override_config_file(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('optimizer = "sgd"\nlr = 0.01\nhidden = [8]\n')
+    out = tmp_path / "run"
+    args = quick_args(hw01_files, out, "--config", str(config), "--lr", "0.003", "-q")
+    assert runner.invoke(app, args).exit_code == 0
+    resolved = resolve_config(out / "config.toml")
+    assert (resolved.optimizer, resolved.lr, resolved.hidden) == ("sgd", 0.003, [8])
+
+
+def test_hidden_and_init_flags_shape_the_model(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    extra = ("--hidden", "8,4", "--init", "kaiming_normal", "--optimizer", "adamw", "-q")
+    assert runner.invoke(app, quick_args(hw01_files, out, *extra)).exit_code == 0
+    state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert state["body.0.weight"].shape == (8, 14)
+    assert state["body.2.weight"].shape == (4, 8)
+    assert state["head.weight"].shape == (1, 4)
+
+
+def test_zero_init_warns(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, quick_args(hw01_files, tmp_path / "run", "--init", "zeros"))
+    assert result.exit_code == 0
+    assert "warning:" in result.stderr and "symmetry" in result.stderr
+
+
+def test_same_seed_gives_byte_identical_outputs(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    outs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    seeds = ["7", "7", "8"]
+    for out, seed in zip(outs, seeds, strict=True):
+        assert runner.invoke(app, quick_args(hw01_files, out, "--seed", seed, "-q")).exit_code == 0
+    a, b, c = ((o / "pred.csv").read_bytes() for o in outs)
+    assert a == b
+    assert a != c
+    assert (outs[0] / "history.csv").read_bytes() == (outs[1] / "history.csv").read_bytes()
+    wa = torch.load(outs[0] / "model.pt", weights_only=True)["state_dict"]
+    wb = torch.load(outs[1] / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_worker_processes_do_not_change_results(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    for out, workers in ((tmp_path / "w0", "0"), (tmp_path / "w2", "2")):
+        args = quick_args(hw01_files, out, "--num-workers", workers, "--dropout", "0.1", "-q")
+        assert runner.invoke(app, args).exit_code == 0
+    assert (tmp_path / "w0/pred.csv").read_bytes() == (tmp_path / "w2/pred.csv").read_bytes()
+    assert (tmp_path / "w0/history.csv").read_bytes() == (tmp_path / "w2/history.csv").read_bytes()
+
+
+def _bad_train_csv(tmp_path: Path) -> Path:
+    path = write_hw01_csv(tmp_path / "bad.csv", synthetic_rows(2, 10))
+    lines = path.read_text().splitlines()
+    cells = lines[3].split(",")
+    cells[50] = "abc"
+    lines[3] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("non_numeric", "line 4 (data row 3)"),
+        ("missing_file", "does not exist"),
+        ("directory", "is a directory"),
+        ("test_as_train", "has no target column"),
+        ("unknown_key", "unknown config key 'epoch'"),
+        ("bad_type", "config key 'epochs'"),
+        ("zero_epochs", "'epochs' must be a positive integer"),
+        ("bad_choice", "'optimizer' must be one of"),
+        ("unknown_feature", "unknown feature 'clii_d1'"),
+        ("batch_too_large", "batch_size 5000 is larger"),
+        ("delta_without_d2", "tested_positive_d2"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1_and_writes_nothing(
+    case: str, expected: str, hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = quick_args(hw01_files, out)
+    config = tmp_path / "bad.toml"
+    if case == "non_numeric":
+        args += ["--train-csv", str(_bad_train_csv(tmp_path))]
+    elif case == "missing_file":
+        args += ["--train-csv", str(tmp_path / "nope.csv")]
+    elif case == "directory":
+        args += ["--train-csv", str(tmp_path)]
+    elif case == "test_as_train":
+        args += ["--train-csv", str(hw01_files["test"])]
+    elif case == "unknown_key":
+        config.write_text("epoch = 3\n")
+        args += ["--config", str(config)]
+    elif case == "bad_type":
+        args += ["--epochs", "ten"]
+    elif case == "zero_epochs":
+        args += ["--epochs", "0"]
+    elif case == "bad_choice":
+        args += ["--optimizer", "lbfgs"]
+    elif case == "unknown_feature":
+        args += ["--features", "clii_d1"]
+    elif case == "batch_too_large":
+        args += ["--batch-size", "5000"]
+    elif case == "delta_without_d2":
+        args += ["--target", "delta", "--features", "cli_d1,ili_d1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not out.exists(), "nothing may be written for bad input"
+
+
+def test_unwritable_output_directory(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = runner.invoke(app, quick_args(hw01_files, blocker / "run"))
+    assert result.exit_code == 1
+    assert "is a file" in result.stderr
+
+
+def test_divergence_stops_with_a_message_and_keeps_best_weights(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    extra = ("--optimizer", "sgd", "--lr", "5", "--momentum", "0.9", "--epochs", "200")
+    result = runner.invoke(app, quick_args(hw01_files, out, *extra))
+    if result.exit_code == 0:
+        assert "diverged" in result.stderr
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["stop_reason"] == "diverged"
+        assert torch.isfinite(torch.tensor(metrics["valid_mse"]))
+    else:  # diverged in the very first epoch: no finite weights to keep
+        assert result.exit_code == 1 and "diverged at epoch 1" in result.stderr
+        assert not out.exists() or not (out / "model.pt").exists()
+
+
+def test_every_command_and_option_has_help() -> None:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert command.help and "Example:" in command.help, name
+        for param in command.params:
+            if param.name != "help":
+                assert getattr(param, "help", None), f"{name} --{param.name} has no help"
+
+
+def test_config_flags_cover_every_config_key() -> None:
+    import typer.main
+
+    train = typer.main.get_command(app).commands["train"]
+    names = {p.name for p in train.params}
+    assert set(vars(Config())) <= names
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys, covidreg.cli; print('torch' in sys.modules, 'pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_version_and_module_entry_point() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "covidreg", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("covidreg ")

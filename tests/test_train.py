@@ -1,0 +1,516 @@
+"""The training loop: early stopping, optimizers, schedulers, penalties, seeding, exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from covidreg import train as train_module
+from covidreg.config import Config
+from covidreg.data import (
+    HW01Dataset,
+    feature_columns,
+    fit_standardization,
+    holdout_split,
+    make_loader,
+    resolve_features,
+)
+from covidreg.errors import CovidRegError
+from covidreg.model import build_model
+from covidreg.train import (
+    EarlyStopping,
+    EpochRecord,
+    Trainer,
+    batches,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    penalty,
+    predict,
+    resolve_device,
+    seed_everything,
+    train_one_epoch,
+)
+from tests.conftest import synthetic_rows
+
+CPU = torch.device("cpu")
+NAMES = resolve_features(["strong"])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny networks: one thread avoids thread-pool wake-ups dominating each optimizer step."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def config(**changes: Any) -> Config:
+    base = {"hidden": [16], "batch_size": 16, "epochs": 12, "patience": 0, "lr": 0.01}
+    return dataclasses.replace(Config(), **{**base, **changes})
+
+
+@dataclasses.dataclass
+class Split:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_valid: torch.Tensor
+    y_valid: torch.Tensor
+
+
+@pytest.fixture(scope="module")
+def split() -> Split:
+    rows = synthetic_rows(4, 30, seed=0)
+    x = rows[:, feature_columns(NAMES)].astype(np.float32)
+    y = rows[:, -1].astype(np.float32)
+    train_idx, valid_idx = holdout_split(np.repeat(np.arange(4), 30), "blocked", 0.2)
+    return Split(
+        x[train_idx], y[train_idx], torch.from_numpy(x[valid_idx]), torch.from_numpy(y[valid_idx])
+    )
+
+
+def make_trainer(cfg: Config, data: Split, seed: int = 0) -> Trainer:
+    """Built the way a run builds it: seed, model, statistics of the training rows, loader."""
+    seed_everything(seed)
+    model = build_model(cfg, NAMES)
+    model.set_normalization(*fit_standardization(data.x_train, NAMES))
+    loader = make_loader(HW01Dataset(data.x_train, data.y_train), cfg.batch_size, True, seed)
+    return Trainer(model, cfg, loader, data.x_valid, data.y_valid, CPU)
+
+
+def plain_mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return ((model(x).double() - y.double()) ** 2).mean().item()
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --- early stopping ------------------------------------------------------------------------------
+
+
+def run_stopper(stopper: EarlyStopping, losses: list[float]) -> int | None:
+    """The epoch after which training stops (None: it never does)."""
+    for epoch, loss in enumerate(losses, start=1):
+        stopper.step(loss, epoch)
+        if stopper.should_stop:
+            return epoch
+    return None
+
+
+def test_patience_counts_exactly() -> None:
+    stopper = EarlyStopping(patience=3)
+    losses = [5.0, 4.0, 3.0, 2.0, 1.0, 1.5, 1.5, 1.5, 1.5, 1.5]
+    assert run_stopper(stopper, losses) == 8
+    assert (stopper.best, stopper.best_epoch, stopper.bad_epochs) == (1.0, 5, 3)
+
+
+def test_improvement_resets_the_count() -> None:
+    stopper = EarlyStopping(patience=3)
+    assert run_stopper(stopper, [3.0, 4.0, 4.0, 2.0, 5.0, 5.0, 5.0, 5.0]) == 7
+    assert stopper.best_epoch == 4
+
+
+def test_min_delta_tie_is_not_an_improvement() -> None:
+    stopper = EarlyStopping(patience=5, min_delta=0.25)
+    assert stopper.step(1.5, 1) is True
+    assert stopper.step(1.25, 2) is False  # exactly min_delta better: not an improvement
+    assert (stopper.best, stopper.bad_epochs) == (1.5, 1)
+    assert stopper.step(1.2, 3) is True  # more than min_delta better
+    assert (stopper.best, stopper.best_epoch, stopper.bad_epochs) == (1.2, 3, 0)
+
+
+def test_equal_loss_is_not_an_improvement() -> None:
+    stopper = EarlyStopping(patience=2)
+    stopper.step(1.0, 1)
+    assert stopper.step(1.0, 2) is False
+    assert stopper.step(1.0, 3) is False
+    assert stopper.should_stop
+
+
+def test_patience_zero_never_stops() -> None:
+    stopper = EarlyStopping(patience=0)
+    assert run_stopper(stopper, [1.0] + [2.0] * 1000) is None
+    assert stopper.bad_epochs == 1000
+
+
+def test_nan_is_never_an_improvement() -> None:
+    stopper = EarlyStopping(patience=10)
+    assert stopper.step(math.nan, 1) is False
+    assert stopper.step(math.inf, 2) is False
+    assert stopper.best == math.inf
+    assert stopper.step(3.0, 3) is True
+    assert stopper.step(math.nan, 4) is False
+    assert (stopper.best, stopper.best_epoch, stopper.bad_epochs) == (3.0, 3, 1)
+
+
+def test_early_stopping_state_round_trip() -> None:
+    stopper = EarlyStopping(patience=4, min_delta=0.1)
+    run_stopper(stopper, [3.0, 2.0, 2.5, 2.5])
+    copy = EarlyStopping(patience=4, min_delta=0.1)
+    copy.load_state_dict(stopper.state_dict())
+    assert (copy.best, copy.best_epoch, copy.bad_epochs) == (2.0, 2, 2)
+    assert run_stopper(copy, [2.5, 2.5]) == 2  # two more bad epochs reach patience 4
+
+
+# --- optimizers and schedulers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("sgd", torch.optim.SGD),
+        ("adagrad", torch.optim.Adagrad),
+        ("rmsprop", torch.optim.RMSprop),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+    ],
+)
+def test_build_optimizer_by_name(name: str, cls: type[torch.optim.Optimizer]) -> None:
+    cfg = config(optimizer=name, lr=0.02, weight_decay=1e-3, momentum=0.7, nesterov=name == "sgd")
+    model = build_model(cfg, NAMES)
+    optimizer = build_optimizer(model, cfg)
+    assert type(optimizer) is cls
+    for group in optimizer.param_groups:
+        assert group["lr"] == 0.02
+        assert group["weight_decay"] == 1e-3
+        if name in ("sgd", "rmsprop"):
+            assert group["momentum"] == 0.7
+        if name == "sgd":
+            assert group["nesterov"] is True
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(grouped) == len(list(model.parameters()))
+    assert {id(p) for p in grouped} == {id(p) for p in model.parameters()}
+
+
+def test_output_lr_gives_the_head_its_own_group() -> None:
+    cfg = config(lr=0.001, output_lr=0.1, hidden=[8, 4])
+    model = build_model(cfg, NAMES)
+    groups = {g["name"]: g for g in build_optimizer(model, cfg).param_groups}
+    assert groups["head"]["lr"] == 0.1
+    assert groups["body"]["lr"] == 0.001
+    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in model.head.parameters()}
+    body_params = [p for m in model.body for p in m.parameters()]
+    assert {id(p) for p in groups["body"]["params"]} == {id(p) for p in body_params}
+    same = {g["name"]: g["lr"] for g in build_optimizer(model, config(lr=0.001)).param_groups}
+    assert same == {"body": 0.001, "head": 0.001}
+
+
+def test_unknown_optimizer() -> None:
+    cfg = config(optimizer="lbfgs")
+    with pytest.raises(CovidRegError, match="unknown optimizer 'lbfgs'"):
+        build_optimizer(build_model(cfg, NAMES), cfg)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "attributes"),
+    [
+        ("step", torch.optim.lr_scheduler.StepLR, {"step_size": 7, "gamma": 0.25}),
+        ("exponential", torch.optim.lr_scheduler.ExponentialLR, {"gamma": 0.25}),
+        ("cosine", torch.optim.lr_scheduler.CosineAnnealingLR, {"T_max": 40, "eta_min": 1e-5}),
+        (
+            "plateau",
+            torch.optim.lr_scheduler.ReduceLROnPlateau,
+            {"factor": 0.25, "patience": 3, "min_lrs": [1e-5, 1e-5]},
+        ),
+    ],
+)
+def test_build_scheduler_by_name(name: str, cls: type, attributes: dict[str, Any]) -> None:
+    cfg = config(
+        scheduler=name, step_size=7, gamma=0.25, epochs=40, min_lr=1e-5, plateau_patience=3
+    )
+    optimizer = build_optimizer(build_model(cfg, NAMES), cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    assert type(scheduler) is cls
+    for key, value in attributes.items():
+        assert getattr(scheduler, key) == value
+    assert build_scheduler(optimizer, config(scheduler="none")) is None
+
+
+def scripted_valid_losses(monkeypatch: pytest.MonkeyPatch, losses: list[float]) -> None:
+    """Make Trainer see ``losses`` as its validation losses, epoch by epoch."""
+    script = iter(losses)
+    monkeypatch.setattr(train_module, "evaluate", lambda model, x, y: next(script))
+
+
+@pytest.mark.parametrize(
+    ("losses", "expected_lr"),
+    [
+        ([1.0] * 6, [0.1, 0.1, 0.1, 0.1, 0.05, 0.05]),  # flat valid loss: reduced after 3 bad
+        ([6.0, 5.0, 4.0, 3.0, 2.0, 1.0], [0.1] * 6),  # improving valid loss: never reduced
+    ],
+    ids=["flat", "improving"],
+)
+def test_plateau_steps_on_the_valid_loss(
+    split: Split, monkeypatch: pytest.MonkeyPatch, losses: list[float], expected_lr: list[float]
+) -> None:
+    cfg = config(scheduler="plateau", plateau_patience=2, gamma=0.5, lr=0.1, epochs=6)
+    trainer = make_trainer(cfg, split)
+    scripted_valid_losses(monkeypatch, losses)
+    result = trainer.fit()
+    assert [r.lr for r in result.history] == pytest.approx(expected_lr)
+    assert [r.valid_loss for r in result.history] == losses
+
+
+def test_step_scheduler_in_the_loop(split: Split) -> None:
+    result = make_trainer(config(scheduler="step", step_size=2, gamma=0.5, epochs=5), split).fit()
+    assert [r.lr for r in result.history] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
+
+
+# --- penalty, one epoch, evaluation --------------------------------------------------------------
+
+
+def test_penalty_values() -> None:
+    torch.manual_seed(0)
+    model = build_model(config(hidden=[8, 4], batch_norm=True), NAMES)
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
+    l2_sum = sum(float((w.double() ** 2).sum()) for w in weights)
+    l1_sum = sum(float(w.double().abs().sum()) for w in weights)
+    assert penalty(model, 0.0, 0.0) is None
+    assert penalty(model, 0.0, 0.5).item() == pytest.approx(0.5 * l2_sum, rel=1e-5)
+    assert penalty(model, 0.25, 0.0).item() == pytest.approx(0.25 * l1_sum, rel=1e-5)
+    both = penalty(model, 0.25, 0.5).item()
+    assert both == pytest.approx(0.25 * l1_sum + 0.5 * l2_sum, rel=1e-5)
+    # biases and batch-norm weights are not penalised
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.BatchNorm1d)) and m.bias is not None:
+                m.bias.fill_(100.0)
+    assert penalty(model, 0.25, 0.5).item() == pytest.approx(both, rel=1e-6)
+
+
+def test_train_one_epoch_reports_plain_mse_but_trains_with_the_penalty(split: Split) -> None:
+    n = len(split.y_train)
+    cfg = config(optimizer="sgd", lr=1e-3, momentum=0.0, batch_size=n)
+    x, y = torch.from_numpy(split.x_train), torch.from_numpy(split.y_train)
+
+    def one_full_batch_epoch(l2: float) -> tuple[float, float, dict[str, torch.Tensor]]:
+        trainer = make_trainer(cfg, split)
+        before = plain_mse(trainer.model, x, y)
+        loss = train_one_epoch(trainer.model, trainer.loader, trainer.optimizer, CPU, l2=l2)
+        return loss, before, copy_state(trainer.model)
+
+    loss, before, no_penalty = one_full_batch_epoch(0.0)
+    loss_l2, before_l2, with_penalty = one_full_batch_epoch(10.0)
+    assert loss == pytest.approx(before, rel=1e-5)
+    assert loss_l2 == pytest.approx(before_l2, rel=1e-5)  # the penalty is not in the report
+    assert loss_l2 == pytest.approx(loss, rel=1e-6)
+    assert not torch.equal(with_penalty["body.0.weight"], no_penalty["body.0.weight"])
+    shrink = with_penalty["body.0.weight"].norm() < no_penalty["body.0.weight"].norm()
+    assert shrink  # weight decay by the penalty's gradient
+
+
+def test_valid_loss_never_includes_the_penalty(split: Split) -> None:
+    cfg = config(l2=5.0, l1=0.5, epochs=6)
+    trainer = make_trainer(cfg, split)
+    result = trainer.fit()
+    by_hand = plain_mse(trainer.model, split.x_valid, split.y_valid)
+    assert evaluate(trainer.model, split.x_valid, split.y_valid) == pytest.approx(by_hand, rel=1e-6)
+    assert result.best_valid_mse == pytest.approx(by_hand, rel=1e-6)
+    extra = penalty(trainer.model, cfg.l1, cfg.l2).item()
+    assert extra > 1e-2 * by_hand  # far beyond the tolerance: including it would show
+
+
+def test_evaluate_is_in_eval_mode_without_gradients() -> None:
+    torch.manual_seed(0)
+    model = build_model(config(dropout=0.5, hidden=[32]), NAMES)
+    x, y = torch.randn(20, 14), torch.randn(20)
+    model.train()
+    first = evaluate(model, x, y)
+    assert not model.training
+    assert first == evaluate(model, x, y)
+    assert all(p.grad is None for p in model.parameters())
+    out = predict(model, x, batch_size=7)
+    assert out.dtype == np.float64 and out.shape == (20,)
+    np.testing.assert_allclose(out, model(x).detach().double().numpy(), rtol=1e-6)
+
+
+def test_batches_match_the_dataloader() -> None:
+    dataset = HW01Dataset(np.arange(30, dtype=np.float32).reshape(15, 2), np.arange(15.0))
+    direct = list(batches(make_loader(dataset, 4, True, seed=3)))
+    via_loader = list(make_loader(dataset, 4, True, seed=3))
+    assert len(direct) == len(via_loader) == 4
+    for (x1, y1), (x2, y2) in zip(direct, via_loader, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def test_fit_restores_the_best_epochs_weights(split: Split) -> None:
+    cfg = config(lr=0.03, epochs=300, patience=10)
+    trainer = make_trainer(cfg, split)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def remember(record: EpochRecord, stopper: EarlyStopping) -> None:
+        snapshots[record.epoch] = copy_state(trainer.model)
+
+    result = trainer.fit(on_epoch=remember)
+    losses = [r.valid_loss for r in result.history]
+    assert result.stop_reason == "early_stopping"
+    assert len(result.history) == result.best_epoch + 10
+    assert result.best_valid_mse == min(losses)
+    assert result.best_epoch == losses.index(min(losses)) + 1
+    assert losses[-1] > result.best_valid_mse  # the last weights are not the best ones
+    assert evaluate(trainer.model, split.x_valid, split.y_valid) == result.best_valid_mse
+    assert_same_state(copy_state(trainer.model), snapshots[result.best_epoch])
+    assert [r.epoch for r in result.history] == list(range(1, len(losses) + 1))
+
+
+def test_fit_runs_to_max_epochs_without_patience(split: Split) -> None:
+    result = make_trainer(config(epochs=7), split).fit()
+    assert result.stop_reason == "max_epochs"
+    assert len(result.history) == 7
+    assert all(math.isfinite(r.train_loss) for r in result.history)
+
+
+@pytest.mark.parametrize("which", ["valid", "train"])
+def test_divergence_stops_and_keeps_the_best_weights(
+    split: Split, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    trainer = make_trainer(config(epochs=20), split)
+    real_evaluate, real_epoch = train_module.evaluate, train_module.train_one_epoch
+    calls = {"n": 0}
+
+    def nan_at_epoch_4(real: Any) -> Any:
+        def scripted(*args: Any, **kwargs: Any) -> float:
+            calls["n"] += 1
+            return math.nan if calls["n"] == 4 else real(*args, **kwargs)
+
+        return scripted
+
+    if which == "valid":
+        monkeypatch.setattr(train_module, "evaluate", nan_at_epoch_4(real_evaluate))
+    else:
+        monkeypatch.setattr(train_module, "train_one_epoch", nan_at_epoch_4(real_epoch))
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+    result = trainer.fit(
+        on_epoch=lambda r, s: snapshots.update({r.epoch: copy_state(trainer.model)})
+    )
+    assert result.stop_reason == "diverged"
+    assert "diverged at epoch 4" in result.message
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    assert_same_state(copy_state(trainer.model), snapshots[result.best_epoch])
+    assert real_evaluate(trainer.model, split.x_valid, split.y_valid) == result.best_valid_mse
+
+
+def test_divergence_in_the_first_epoch_is_an_error(
+    split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = make_trainer(config(epochs=5), split)
+    scripted_valid_losses(monkeypatch, [math.inf, 1.0])
+    with pytest.raises(CovidRegError, match=r"diverged at epoch 1.*lower --lr"):
+        trainer.fit()
+
+
+def test_real_divergence_with_a_huge_learning_rate(split: Split) -> None:
+    cfg = config(optimizer="sgd", lr=1e3, momentum=0.9, epochs=30)
+    try:
+        result = make_trainer(cfg, split).fit()
+    except CovidRegError as exc:  # diverged in epoch 1: no weights worth keeping
+        assert "diverged at epoch 1" in str(exc)
+        return
+    assert result.stop_reason == "diverged"
+    assert all(math.isfinite(r.valid_loss) for r in result.history)
+
+
+# --- reproducibility and exact resume ------------------------------------------------------------
+
+# dropout draws from the global RNG, shuffling from the loader's generators, and with this
+# learning rate the valid loss bounces, so the plateau scheduler and the best epoch both carry
+# state across the checkpoint at epoch 15.
+RESUME_CONFIG = {
+    "lr": 0.03,
+    "dropout": 0.2,
+    "scheduler": "plateau",
+    "plateau_patience": 1,
+    "gamma": 0.5,
+    "epochs": 20,
+    "checkpoint_every": 15,
+}
+
+
+def test_seed_everything_makes_runs_bit_identical(split: Split) -> None:
+    cfg = config(**RESUME_CONFIG)
+    first = make_trainer(cfg, split, seed=7)
+    initial = copy_state(first.model)
+    r1 = first.fit()
+    second = make_trainer(cfg, split, seed=7)
+    assert_same_state(initial, second.model.state_dict())
+    r2 = second.fit()
+    assert_same_state(first.model.state_dict(), second.model.state_dict())
+    assert [vars(r) for r in r1.history] == [vars(r) for r in r2.history]
+    other = make_trainer(cfg, split, seed=8)
+    other.fit()
+    assert not torch.equal(
+        other.model.state_dict()["head.weight"], first.model.state_dict()["head.weight"]
+    )
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_from_state_is_bit_identical(split: Split) -> None:
+    cfg = config(**RESUME_CONFIG)
+    whole = make_trainer(cfg, split, seed=3)
+    whole_result = whole.fit()
+
+    saved = io.BytesIO()
+
+    def save_and_stop(trainer: Trainer) -> None:
+        torch.save(trainer.state_dict(), saved)
+        raise Interrupted
+
+    interrupted = make_trainer(cfg, split, seed=3)
+    with pytest.raises(Interrupted):
+        interrupted.fit(on_checkpoint=save_and_stop)
+    saved.seek(0)
+    state = torch.load(saved, weights_only=True)
+    assert state["epoch"] == 15
+
+    torch.manual_seed(12345)  # whatever happened in between must not matter
+    np.random.seed(1)
+    resumed = make_trainer(cfg, split, seed=3)
+    resumed.load_state_dict(state)
+    resumed_result = resumed.fit()
+
+    assert [vars(r) for r in resumed_result.history] == [vars(r) for r in whole_result.history]
+    assert len(whole_result.history) == 20
+    assert (resumed_result.best_epoch, resumed_result.best_valid_mse) == (
+        whole_result.best_epoch,
+        whole_result.best_valid_mse,
+    )
+    assert resumed_result.stop_reason == whole_result.stop_reason
+    assert_same_state(resumed.model.state_dict(), whole.model.state_dict())
+    assert_same_state(
+        resumed.optimizer.state_dict()["state"][0], whole.optimizer.state_dict()["state"][0]
+    )
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == CPU
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(CovidRegError, match="no CUDA GPU is available"):
+            resolve_device("cuda")
