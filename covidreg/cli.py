@@ -120,6 +120,13 @@ OutOpt = Annotated[
         show_default=False,
     ),
 ]
+SeedsOpt = Annotated[
+    int,
+    typer.Option(
+        help="Repeat the run with seeds seed, seed+1, ... and report mean ± std (how much is "
+        "luck); the test predictions are averaged over the seeds.",
+    ),
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print only the result line (for scripts).")
 ]
@@ -159,6 +166,7 @@ def train(
             show_default=False,
         ),
     ] = None,
+    seeds: SeedsOpt = 1,
     quiet: QuietOpt = False,
     *,
     overrides: dict[str, Any],
@@ -175,17 +183,33 @@ def train(
 
             with progress.epoch_display(quiet) as display:
                 result = resume_train(resume, display.on_epoch, display.on_start_resume)
-        else:
-            cfg = resolve_config(config, overrides)
-            from covidreg.experiment import run_train
-            from covidreg.model import init_warning
+            progress.train_summary(result, quiet)
+            return
+        cfg = resolve_config(config, overrides)
+        from covidreg.experiment import check_train_inputs, run_train
+        from covidreg.model import init_warning
 
-            warning = init_warning(cfg)
-            if warning and not quiet:
-                progress.warn(warning)
-            with progress.epoch_display(quiet, cfg.epochs) as display:
-                result = run_train(cfg, out, on_epoch=display.on_epoch, on_start=display.on_start)
-        progress.train_summary(result, quiet)
+        if seeds < 1:
+            fail(f"--seeds must be 1 or more, got {seeds}")
+        warning = init_warning(cfg)
+        if warning and not quiet:
+            progress.warn(warning)
+
+        def run_one(seed_cfg: Config, seed_out: Path | None) -> tuple[float, Any]:
+            with progress.epoch_display(quiet, seed_cfg.epochs) as display:
+                result = run_train(
+                    seed_cfg, seed_out, on_epoch=display.on_epoch, on_start=display.on_start
+                )
+            progress.train_summary(result, quiet or seeds > 1)
+            return result.metrics["valid_rmse"], result
+
+        if seeds == 1:
+            run_one(cfg, out)
+            return
+        from covidreg.seeds import repeat_over_seeds
+
+        repeated = repeat_over_seeds(cfg, seeds, out, "runs", "train", run_one, check_train_inputs)
+        progress.seeds_summary(repeated, quiet)
 
 
 @app.command()
@@ -198,6 +222,7 @@ def cv(
         bool,
         typer.Option("--predict", help="Also write the fold-ensemble pred.csv for the test CSV."),
     ] = False,
+    seeds: SeedsOpt = 1,
     quiet: QuietOpt = False,
     *,
     overrides: dict[str, Any],
@@ -210,20 +235,35 @@ def cv(
 
     with user_errors():
         cfg = resolve_config(config, overrides)
-        from covidreg.cv import run_cv
+        from covidreg.cv import check_cv_inputs, run_cv
 
-        with progress.fold_display(quiet, cfg.epochs) as display:
-            result = run_cv(
-                cfg,
-                folds,
-                out,
-                write_predictions=predict,
-                on_start=display.on_start,
-                on_fold_start=display.on_fold_start,
-                on_epoch=display.on_epoch,
-                on_fold_end=display.on_fold_end,
-            )
-        progress.cv_summary(result, quiet)
+        if seeds < 1:
+            fail(f"--seeds must be 1 or more, got {seeds}")
+
+        def run_one(seed_cfg: Config, seed_out: Path | None) -> tuple[float, Any]:
+            with progress.fold_display(quiet, seed_cfg.epochs) as display:
+                result = run_cv(
+                    seed_cfg,
+                    folds,
+                    seed_out,
+                    write_predictions=predict,
+                    on_start=display.on_start,
+                    on_fold_start=display.on_fold_start,
+                    on_epoch=display.on_epoch,
+                    on_fold_end=display.on_fold_end,
+                )
+            progress.cv_summary(result, quiet or seeds > 1)
+            return result.summary["valid_rmse"]["mean"], result
+
+        if seeds == 1:
+            run_one(cfg, out)
+            return
+        from covidreg.seeds import repeat_over_seeds
+
+        repeated = repeat_over_seeds(
+            cfg, seeds, out, "runs", "cv", run_one, lambda c: check_cv_inputs(c, folds, predict)
+        )
+        progress.seeds_summary(repeated, quiet)
 
 
 @app.command("predict")
@@ -353,4 +393,23 @@ def fetch(
 
 
 def main() -> None:
-    app()
+    """Entry point: usage errors (an unknown option, a bad number) are one line, exit code 1."""
+    try:
+        from typer import _click as click  # Typer >= 0.25 runs on its own copy of click
+    except ImportError:  # pragma: no cover - older Typer
+        import click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        if not exc.format_message():  # no arguments: the help was shown
+            sys.exit(0)
+        command = exc.ctx.command_path if exc.ctx else "covidreg"
+        print(f"error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -220,6 +220,14 @@ def write_run(
         artifacts.write_predictions(run_dir / "pred.csv", data.test.ids, predict(model, test_x))
 
 
+def check_train_inputs(cfg: Config) -> LoadedData:
+    """Validate data and config together (no output written): what run_train checks first."""
+    data = load_data(cfg)
+    train_idx, _ = holdout_split(data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge)
+    preflight(cfg, data, len(train_idx))
+    return data
+
+
 def run_train(
     cfg: Config,
     out: str | Path | None = None,
@@ -229,11 +237,10 @@ def run_train(
     on_start: Callable[[Path, int], None] | None = None,
 ) -> RunResult:
     """``covidreg train``: validate everything, then train and write the run directory."""
-    data = load_data(cfg)
+    data = check_train_inputs(cfg)
     train_idx, valid_idx = holdout_split(
         data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
-    preflight(cfg, data, len(train_idx))
     artifacts.check_output_target(out)
     run_dir = (
         artifacts.ensure_writable_dir(out) if out else artifacts.new_run_dir(runs_dir, run_name)

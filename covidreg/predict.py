@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,23 @@ def find_models(path: str | Path) -> list[Path]:
         raise CovidRegError(f"model {path} does not exist; pass a model.pt or a run directory")
     if (path / MODEL_FILE).is_file():
         return [path / MODEL_FILE]
-    folds = sorted(path.glob(f"fold_*/{MODEL_FILE}"), key=lambda p: int(p.parent.name[5:]))
-    if not folds:
+    # a cv run (fold_k/), a --seeds run (seed_s/) or a cv --seeds run (seed_s/fold_k/)
+    members = sorted(path.glob(f"*/{MODEL_FILE}")) or sorted(path.glob(f"*/*/{MODEL_FILE}"))
+    if not members:
         raise CovidRegError(
-            f"{path} holds no {MODEL_FILE} and no fold_*/{MODEL_FILE}; pass a directory written "
-            "by covidreg train or covidreg cv"
+            f"{path} holds no {MODEL_FILE} and no fold_*/ or seed_*/ models; pass a directory "
+            "written by covidreg train or covidreg cv"
         )
-    return folds
+    return sorted(members, key=_member_order)
+
+
+def _member_order(path: Path) -> tuple[int, ...]:
+    """fold_2 before fold_10: order ensemble members by the numbers in their directory names."""
+    return tuple(
+        int(part.rsplit("_", 1)[1])
+        for part in path.parent.parts
+        if re.fullmatch(r"(fold|seed)_\d+", part)
+    )
 
 
 def load_models(path: str | Path) -> list[LoadedModel]:

@@ -235,3 +235,23 @@ def predict_summary(result: Any, quiet: bool) -> None:
     if result.scores is not None:
         line += f" rmse={result.scores['rmse']:.5f} mae={result.scores['mae']:.5f}"
     out_console.print(line)
+
+
+def seeds_summary(result: Any, quiet: bool) -> None:
+    """Per-seed RMSE and their mean ± std: how much of a result is luck."""
+    s = result.summary
+    if not quiet:
+        table = Table(title=f"{s['n_seeds']} seeds", title_justify="left")
+        table.add_column("seed", justify="right")
+        table.add_column("valid RMSE", justify="right")
+        table.add_column("run", justify="left")
+        for run in s["runs"]:
+            table.add_row(str(run["seed"]), f"{run['valid_rmse']:.5f}", run["dir"])
+        v = s["valid_rmse"]
+        table.add_section()
+        table.add_row("mean ± std", f"{v['mean']:.5f} ± {v['std']:.5f}", "")
+        err_console.print(table)
+    v = s["valid_rmse"]
+    out_console.print(
+        f"seeds_rmse={v['mean']:.5f}±{v['std']:.5f} n_seeds={s['n_seeds']} run_dir={result.run_dir}"
+    )

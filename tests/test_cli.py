@@ -252,3 +252,52 @@ def test_version_and_module_entry_point() -> None:
         [sys.executable, "-m", "covidreg", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("covidreg ")
+
+
+def test_seeds_repeat_the_run_and_average_predictions(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "seeds"
+    result = runner.invoke(app, quick_args(hw01_files, out, "--seeds", "3", "--seed", "5", "-q"))
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [5, 6, 7]
+    rmses = [r["valid_rmse"] for r in summary["runs"]]
+    assert summary["valid_rmse"]["mean"] == pytest.approx(sum(rmses) / 3)
+    assert len(set(rmses)) == 3, "different seeds must give different runs"
+    # the first seed's run is the run without --seeds
+    single = tmp_path / "single"
+    assert runner.invoke(app, quick_args(hw01_files, single, "--seed", "5", "-q")).exit_code == 0
+    assert (out / "seed_5/pred.csv").read_bytes() == (single / "pred.csv").read_bytes()
+    # the top-level pred.csv is the mean of the three seed models' predictions
+    import numpy as np
+
+    def values(path: Path) -> np.ndarray:
+        return np.array([float(line.split(",")[1]) for line in path.read_text().splitlines()[1:]])
+
+    mean = np.mean([values(out / f"seed_{s}/pred.csv") for s in (5, 6, 7)], axis=0)
+    np.testing.assert_allclose(values(out / "pred.csv"), mean, rtol=1e-6)
+    assert "seeds_rmse=" in result.stdout
+
+
+def test_zero_seeds_is_an_error(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, quick_args(hw01_files, tmp_path / "run", "--seeds", "0"))
+    assert result.exit_code == 1
+    assert "--seeds must be 1 or more" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--bogus"], "No such option: --bogus"),
+        (["cv", "--folds", "x"], "Invalid value for '--folds'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_1(args: list[str], expected: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "covidreg", *args], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
+    assert expected in out.stderr
