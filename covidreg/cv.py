@@ -90,6 +90,13 @@ def make_folds(cfg: Config, data: LoadedData, n_folds: int) -> list[tuple[np.nda
     return folds
 
 
+def check_cv_inputs(cfg: Config, n_folds: int, with_test: bool) -> LoadedData:
+    """Validate data, config and folds together before anything is written."""
+    data = load_data(cfg, with_test=with_test)
+    make_folds(cfg, data, n_folds)
+    return data
+
+
 def _fold_result(
     k: int,
     seed: int,
