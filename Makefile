@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export COVIDREG_DATA_DIR ?= $(CURDIR)/data
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install train cv test test-fast lint format bench results clean
+.PHONY: install train cv test test-fast lint format bench results docs clean
 
 # The venv sees the system's packages, so a torch already installed (a CUDA build, say) is used
 # as it is. Only when none is importable is torch pinned: an unpinned `torch` would pull several
@@ -45,6 +45,17 @@ format: install
 
 bench: install
 	$(PY) bench/bench.py --data-dir "$(COVIDREG_DATA_DIR)"
+
+# Rewrites the config reference of README.md from covidreg/config.py.
+docs: install
+	$(PY) -c "import re, pathlib; from covidreg.config import config_reference as ref; \
+	p = pathlib.Path('README.md'); t = p.read_text(); \
+	p.write_text(re.sub(r'(<!-- config:start -->).*?(<!-- config:end -->)', \
+	lambda m: m.group(1) + chr(10) + ref() + chr(10) + m.group(2), t, flags=re.S))"
+
+# Rewrites the Results table of README.md (blocked 5-fold cv x 3 seeds per config).
+results: install
+	$(PY) bench/results.py --data-dir "$(COVIDREG_DATA_DIR)"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -300,6 +300,123 @@ def predict_command(
 
 
 @app.command()
+@with_config_options
+def tune(
+    trials: Annotated[
+        int,
+        typer.Option(
+            help="Run until the study holds this many trials (complete, pruned or failed, "
+            "earlier runs' included): the same command again resumes an interrupted study.",
+        ),
+    ] = 50,
+    sampler: Annotated[
+        str,
+        typer.Option(help="tpe (Bayesian), random, or grid (the search file's values=[...])."),
+    ] = "tpe",
+    pruner: Annotated[
+        str, typer.Option(help="Stop poor trials early: median, hyperband or none.")
+    ] = "median",
+    folds: Annotated[
+        int,
+        typer.Option(help="Objective: mean valid RMSE over this many folds; 1: one holdout split."),
+    ] = 5,
+    workers: Annotated[
+        int, typer.Option(help="Processes on this machine sharing the study (one thread each).")
+    ] = 1,
+    storage: Annotated[
+        Optional[str],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            metavar="URL",
+            help="Where the study lives: an SQLAlchemy URL (postgresql://user@host/db) for "
+            "several machines, or a journal file path; default: <out>/study.journal.",
+            show_default=False,
+        ),
+    ] = None,
+    study: Annotated[
+        str, typer.Option(help="Study name; running again with the same name resumes it.")
+    ] = "covidreg",
+    search: Annotated[
+        Path, typer.Option(help="Search space TOML: [space.<key>] tables and [fixed] keys.")
+    ] = Path("configs/search.toml"),
+    show: Annotated[
+        bool,
+        typer.Option("--show", help="Only show the study's best trials and write its outputs."),
+    ] = False,
+    config: ConfigOpt = None,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            "--out",
+            "-o",
+            help="Directory for the study's outputs (and its journal); default runs/tune-<study>/.",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Search hyperparameters with Optuna; write best.toml, trials.csv and history.png.
+
+    The config flags set what is not searched (they override the search file's [fixed]).
+
+    Example: [bold]covidreg tune --trials 50 --workers 2 --study hw01[/bold]
+    """
+    from covidreg import progress
+
+    with user_errors():
+        from covidreg import tune as tuning
+
+        if show:
+            result = tuning.show_study(study, storage, out)
+        else:
+            space = tuning.load_search_space(search)
+            cfg = tuning.base_config(config, overrides, space)
+            plan = tuning.plan_tune(
+                cfg,
+                space,
+                study_name=study,
+                n_trials=trials,
+                n_folds=folds,
+                sampler=sampler,
+                pruner=pruner,
+                workers=workers,
+                storage=storage,
+                out=out,
+            )
+            if not quiet:
+                for warning in plan.warnings:
+                    progress.warn(warning)
+            try:
+                with progress.trial_display(quiet) as display:
+                    result = tuning.run_tune(plan, display.on_start, display.on_progress)
+            except tuning.TuneInterrupted as exc:
+                progress.tune_interrupted(exc)
+                raise typer.Exit(130) from None
+        progress.tune_summary(result, quiet)
+
+
+@app.command("config")
+@with_config_options
+def config_command(
+    config: ConfigOpt = None,
+    changed: Annotated[
+        bool, typer.Option("--changed", help="Show only the keys that differ from the defaults.")
+    ] = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Print the resolved config (defaults -> --config -> flags) as TOML, without running.
+
+    Example: [bold]covidreg config --config configs/sample.toml --lr 0.01 > mine.toml[/bold]
+    """
+    from covidreg.config import to_toml
+
+    with user_errors():
+        print(to_toml(resolve_config(config, overrides), only_changed=changed), end="")
+
+
+@app.command()
 def features() -> None:
     """List the feature presets and every feature name.
 

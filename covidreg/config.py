@@ -347,3 +347,30 @@ def to_toml(cfg: Config, only_changed: bool = False) -> str:
             lines.append(f"{'' if not lines else chr(10)}# {group}")
         lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+_GROUP_TITLES = {
+    "data": "Data",
+    "model": "Model",
+    "train": "Training",
+    "run": "Reproducibility and hardware",
+}
+
+
+def config_reference() -> str:
+    """The README's config reference: every key, its flag, default and meaning (Markdown)."""
+    defaults = Config()
+    lines: list[str] = []
+    group = None
+    for name, f in FIELDS.items():
+        if f.metadata["group"] != group:
+            group = f.metadata["group"]
+            lines += ["", f"**{_GROUP_TITLES[group]}**", ""]
+            lines += ["| key | flag | default | meaning |", "| --- | --- | --- | --- |"]
+        value = getattr(defaults, name)
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        shown = "''" if shown == "" else shown
+        meaning = f.metadata["help"].replace("|", "/")
+        flag = "--" + name.replace("_", "-")
+        lines.append(f"| `{name}` | `{flag}` | `{shown}` | {meaning} |")
+    return "\n".join(lines[1:])
