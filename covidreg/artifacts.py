@@ -12,10 +12,12 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -190,17 +192,17 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
     if not path.exists():
         raise CovidRegError(f"{what} {path} does not exist; pass a model.pt written by covidreg")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about foreign pickle protocols before refusing them: the refusal below
+            # is the one line the user needs.
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CovidRegError(_refusal(path, what, str(exc))) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError):
+        # torch's own reasons ("[Errno 22] Invalid argument", zip internals) do not help here
         raise CovidRegError(
-            f"{what} {path} was refused: it holds objects that weights_only loading does not "
-            f"allow ({first[:160]}); only load checkpoints written by covidreg"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise CovidRegError(
-            f"{what} {path} cannot be read (truncated or not a PyTorch file: {reason}); "
+            f"{what} {path} cannot be read (truncated or damaged PyTorch file); "
             "retrain or copy the file again"
         ) from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
@@ -211,6 +213,26 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
             "upgrade covidreg"
         )
     return data
+
+
+def _refusal(path: Path, what: str, torch_message: str) -> str:
+    """Why weights_only loading refused ``path``, without torch's advice to load it unsafely."""
+    import zipfile
+
+    found = re.search(r"GLOBAL ([\w.]+)", torch_message)
+    if found:
+        content = f"it references the Python object {found.group(1)}"
+    elif not zipfile.is_zipfile(path):  # torch.save writes zip archives; this is something else
+        return (
+            f"{what} {path} cannot be read (not a PyTorch checkpoint file; nothing in it was "
+            "run); pass a model.pt written by covidreg"
+        )
+    else:
+        content = "it holds Python objects other than tensors and plain types"
+    return (
+        f"{what} {path} was refused: {content}, which weights_only loading does not allow "
+        "(nothing in it was run); only load checkpoints written by covidreg"
+    )
 
 
 # --- plots ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -336,7 +337,7 @@ def tune(
         str, typer.Option(help="Study name; running again with the same name resumes it.")
     ] = "covidreg",
     search: Annotated[
-        Path, typer.Option(help="Search space TOML: [space.<key>] tables and [fixed] keys.")
+        Path, typer.Option(help="Search space TOML: \\[space.<key>] tables and \\[fixed] keys.")
     ] = Path("configs/search.toml"),
     show: Annotated[
         bool,
@@ -358,7 +359,7 @@ def tune(
 ) -> None:
     """Search hyperparameters with Optuna; write best.toml, trials.csv and history.png.
 
-    The config flags set what is not searched (they override the search file's [fixed]).
+    The config flags set what is not searched (they override the search file's \\[fixed]).
 
     Example: [bold]covidreg tune --trials 50 --workers 2 --study hw01[/bold]
     """
@@ -512,21 +513,22 @@ def fetch(
 def main() -> None:
     """Entry point: usage errors (an unknown option, a bad number) are one line, exit code 1."""
     try:
-        from typer import _click as click  # Typer >= 0.25 runs on its own copy of click
-    except ImportError:  # pragma: no cover - older Typer
-        import click
+        from typer._click.exceptions import UsageError  # Typer >= 0.25 has its own click
+    except ImportError:  # pragma: no cover - older Typer runs on click itself
+        from click.exceptions import UsageError
 
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.UsageError as exc:
+    except UsageError as exc:
         if not exc.format_message():  # no arguments: the help was shown
             sys.exit(0)
         command = exc.ctx.command_path if exc.ctx else "covidreg"
         print(f"error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
         sys.exit(1)
-    except click.exceptions.Abort:
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    except BrokenPipeError:  # output piped into a command that stopped reading (| head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     sys.exit(code if isinstance(code, int) else 0)

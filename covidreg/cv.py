@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from covidreg import artifacts
+from covidreg import artifacts, batched
 from covidreg.baselines import persistence_predict, ridge_fit_predict, rmse
 from covidreg.config import Config, to_toml
 from covidreg.data import feature_columns, make_kfold, select
@@ -138,6 +138,49 @@ def summarize(cfg: Config, n_folds: int, folds: list[FoldResult]) -> dict[str, A
     }
 
 
+def cross_validate(
+    cfg: Config,
+    data: LoadedData,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    events: batched.FoldEvents | None = None,
+    together: bool | None = None,
+) -> list[FittedModel]:
+    """Train one model per fold (fold k seeded with ``fold_seed(cfg.seed, k)``), in fold order.
+
+    The folds train together as one batched model (``covidreg.batched``) when the config allows
+    it, else one after another (``together=False`` forces that: the reference path). Both give
+    the same models to float rounding and fire ``events`` in the same order; one after another,
+    ``on_epoch_mean`` can only run once every fold has finished.
+    """
+    events = events or batched.FoldEvents()
+    seeds = [fold_seed(cfg.seed, k) for k in range(1, len(folds) + 1)]
+    if together is None:
+        together = batched.supports(cfg)
+    if together:
+        return batched.fit_folds(cfg, data, folds, seeds, events)
+    fitted_folds: list[FittedModel] = []
+    for k, ((train_idx, valid_idx), seed) in enumerate(zip(folds, seeds, strict=True), start=1):
+        if events.on_fold_start is not None:
+            events.on_fold_start(k, len(folds))
+        fitted = fit_model(cfg, data, train_idx, valid_idx, seed, events.on_epoch)
+        fitted_folds.append(fitted)
+        if events.on_fold_fitted is not None:
+            events.on_fold_fitted(k, fitted)
+    if events.on_epoch_mean is not None:
+        for epoch, mse in epoch_means([f.result.history for f in fitted_folds]):
+            events.on_epoch_mean(epoch, mse)
+    return fitted_folds
+
+
+def epoch_means(histories: list[list[EpochRecord]]) -> list[tuple[int, float]]:
+    """(epoch, mean validation MSE of the folds that ran that epoch) for every epoch."""
+    by_epoch: dict[int, list[float]] = {}
+    for history in histories:
+        for record in history:
+            by_epoch.setdefault(record.epoch, []).append(record.valid_loss)
+    return [(epoch, sum(v) / len(v)) for epoch, v in sorted(by_epoch.items())]
+
+
 def run_cv(
     cfg: Config,
     n_folds: int,
@@ -148,8 +191,13 @@ def run_cv(
     on_fold_start: Callable[[int, int], None] | None = None,
     on_epoch: OnEpoch | None = None,
     on_fold_end: Callable[[FoldResult], None] | None = None,
+    on_epoch_mean: Callable[[int, float], None] | None = None,
 ) -> CvResult:
-    """``covidreg cv``: train one model per fold and write the cv run directory."""
+    """``covidreg cv``: train one model per fold and write the cv run directory.
+
+    ``on_epoch_mean(epoch, mse)``: the mean validation MSE of the folds still training, after
+    every epoch (see ``cross_validate``); an exception raised there stops the run.
+    """
     data = load_data(cfg, with_test=write_predictions)
     folds = make_folds(cfg, data, n_folds)
     artifacts.check_output_target(out)
@@ -158,17 +206,18 @@ def run_cv(
         on_start(run_dir)
     results: list[FoldResult] = []
     models: list[torch.nn.Module] = []
-    for k, (train_idx, valid_idx) in enumerate(folds, start=1):
-        seed = fold_seed(cfg.seed, k)
-        if on_fold_start is not None:
-            on_fold_start(k, n_folds)
-        fitted = fit_model(cfg, data, train_idx, valid_idx, seed, on_epoch)
-        fold = _fold_result(k, seed, data, train_idx, valid_idx, fitted)
+
+    def on_fold_fitted(k: int, fitted: FittedModel) -> None:
+        train_idx, valid_idx = folds[k - 1]
+        fold = _fold_result(k, fold_seed(cfg.seed, k), data, train_idx, valid_idx, fitted)
         _write_fold(run_dir / f"fold_{k}", cfg, data, fitted, fold)
         results.append(fold)
         models.append(fitted.model)
         if on_fold_end is not None:
             on_fold_end(fold)
+
+    events = batched.FoldEvents(on_fold_start, on_epoch, on_fold_fitted, on_epoch_mean)
+    cross_validate(cfg, data, folds, events)
     summary = summarize(cfg, n_folds, results)
     pred_path = _write_cv_outputs(run_dir, cfg, data, results, models, summary, write_predictions)
     return CvResult(run_dir, n_folds, cfg.split, results, summary, pred_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def check_batch_size(cfg: Config, n_train: int) -> None:
 class FittedModel:
     model: torch.nn.Module
     result: FitResult
-    trainer: Trainer
+    trainer: Trainer | None  # None for folds trained together (covidreg.batched)
     mean: np.ndarray
     std: np.ndarray
 
@@ -242,10 +243,19 @@ def run_train(
         data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
     artifacts.check_output_target(out)
+    created = out is None or not Path(out).exists()
     run_dir = (
         artifacts.ensure_writable_dir(out) if out else artifacts.new_run_dir(runs_dir, run_name)
     )
-    return _train_into(cfg, data, train_idx, valid_idx, run_dir, on_epoch, on_start, None)
+    try:
+        return _train_into(cfg, data, train_idx, valid_idx, run_dir, on_epoch, on_start, None)
+    except BaseException:
+        # A run that fails before its first file (diverged in epoch 1, interrupted early) leaves
+        # no empty directory behind; one holding a training state is kept for --resume.
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only succeeds while the directory is empty
+        raise
 
 
 def _train_into(

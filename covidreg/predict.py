@@ -19,6 +19,7 @@ from covidreg.model import MLP, build_model
 from covidreg.train import predict
 
 MODEL_FILE = "model.pt"
+_MEMBER_DIR = re.compile(r"(fold|seed)_\d+")
 
 
 @dataclass
@@ -56,7 +57,7 @@ def load_model(path: str | Path) -> LoadedModel:
 
 
 def find_models(path: str | Path) -> list[Path]:
-    """A model.pt file, a train run directory, or a cv run directory (its fold models)."""
+    """A model.pt file, a train run directory, or a cv / --seeds run directory (its members)."""
     path = Path(path)
     if path.is_file():
         return [path]
@@ -64,8 +65,9 @@ def find_models(path: str | Path) -> list[Path]:
         raise CovidRegError(f"model {path} does not exist; pass a model.pt or a run directory")
     if (path / MODEL_FILE).is_file():
         return [path / MODEL_FILE]
-    # a cv run (fold_k/), a --seeds run (seed_s/) or a cv --seeds run (seed_s/fold_k/)
-    members = sorted(path.glob(f"*/{MODEL_FILE}")) or sorted(path.glob(f"*/*/{MODEL_FILE}"))
+    # a cv run (fold_k/), a --seeds run (seed_s/) or a cv --seeds run (seed_s/fold_k/); only
+    # those names: a runs/ directory of unrelated runs must not become an ensemble
+    members = _members(path, f"*/{MODEL_FILE}") or _members(path, f"*/*/{MODEL_FILE}")
     if not members:
         raise CovidRegError(
             f"{path} holds no {MODEL_FILE} and no fold_*/ or seed_*/ models; pass a directory "
@@ -74,12 +76,18 @@ def find_models(path: str | Path) -> list[Path]:
     return sorted(members, key=_member_order)
 
 
+def _members(path: Path, pattern: str) -> list[Path]:
+    return [
+        p
+        for p in path.glob(pattern)
+        if all(_MEMBER_DIR.fullmatch(part) for part in p.relative_to(path).parent.parts)
+    ]
+
+
 def _member_order(path: Path) -> tuple[int, ...]:
     """fold_2 before fold_10: order ensemble members by the numbers in their directory names."""
     return tuple(
-        int(part.rsplit("_", 1)[1])
-        for part in path.parent.parts
-        if re.fullmatch(r"(fold|seed)_\d+", part)
+        int(part.rsplit("_", 1)[1]) for part in path.parent.parts if _MEMBER_DIR.fullmatch(part)
     )
 
 

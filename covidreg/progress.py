@@ -255,3 +255,134 @@ def seeds_summary(result: Any, quiet: bool) -> None:
     out_console.print(
         f"seeds_rmse={v['mean']:.5f}±{v['std']:.5f} n_seeds={s['n_seeds']} run_dir={result.run_dir}"
     )
+
+
+# --- covidreg tune -------------------------------------------------------------------------------
+
+
+class TrialDisplay:
+    """A progress bar over a study's trials (all workers'), with the best value so far."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def on_start(self, plan: Any) -> None:
+        if self.progress is None:
+            return
+        job = plan.job
+        workers = f"{plan.workers} worker{'s' if plan.workers > 1 else ''}"
+        err_console.print(
+            f"study [bold]{job.study_name}[/bold] in {plan.storage_label}: {plan.n_done} of "
+            f"{job.target} trials done; {workers}, sampler {job.sampler}, pruner {job.pruner}, "
+            f"{job.n_folds} fold{'s' if job.n_folds > 1 else ''}"
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "trials", total=job.target, completed=plan.n_done, best="-", pruned=0, failed=0
+        )
+
+    def on_progress(self, state: Any) -> None:
+        if self.progress is None or self.task is None:
+            return
+        best = "-" if state.best_value is None else f"{state.best_value:.5f} (#{state.best_number})"
+        self.progress.update(
+            self.task,
+            completed=state.done,
+            best=best,
+            pruned=state.n_pruned,
+            failed=state.n_failed,
+        )
+
+    def finish(self) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.stop()
+
+
+@contextmanager
+def trial_display(quiet: bool) -> Iterator[TrialDisplay]:
+    progress = None
+    if not quiet:
+        progress = Progress(
+            TextColumn("[bold blue]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "best {task.fields[best]}  pruned {task.fields[pruned]}  "
+                "failed {task.fields[failed]}"
+            ),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=False,
+        )
+    display = TrialDisplay(progress)
+    try:
+        yield display
+    finally:
+        display.finish()
+
+
+def _param_text(params: dict[str, Any]) -> str:
+    def short(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}"
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        return str(value)
+
+    return " ".join(f"{key}={short(value)}" for key, value in params.items())
+
+
+def tune_summary(result: Any, quiet: bool) -> None:
+    """The best trials of the study, the output files, and the result line on stdout."""
+    from covidreg.tune import objective_name
+
+    objective = objective_name(result.n_folds)
+    if not quiet:
+        counts = ", ".join(
+            f"{result.count(state)} {state}"
+            for state in ("complete", "pruned", "fail", "running", "waiting")
+            if result.count(state)
+        )
+        table = Table(
+            title=f"study {result.study_name}: {len(result.trials)} trials ({counts or 'none'}); "
+            f"top {len(result.top)} by {objective}",
+            title_justify="left",
+        )
+        for name, justify in (("#", "right"), ("RMSE", "right"), ("± folds", "right")):
+            table.add_column(name, justify=justify)
+        table.add_column("params", overflow="fold")
+        table.add_column("seconds", justify="right")
+        for row in result.top:
+            table.add_row(
+                str(row.number),
+                f"{row.value:.5f}",
+                "" if row.fold_std is None else f"{row.fold_std:.4f}",
+                _param_text(row.params),
+                "" if row.seconds is None else f"{row.seconds:.1f}",
+            )
+        err_console.print(table)
+        failed = [row for row in result.trials if row.error]
+        if failed:
+            warn(f"{len(failed)} trial(s) failed; #{failed[-1].number}: {failed[-1].error}")
+        err_console.print(f"storage: {result.storage}")
+        err_console.print(f"outputs: {result.run_dir} (best.toml, trials.csv, history.png)")
+    if result.best is None:
+        out_console.print(
+            f"no completed trial yet study={result.study_name} run_dir={result.run_dir}"
+        )
+        return
+    out_console.print(
+        f"best_rmse={result.best.value:.5f} trial={result.best.number} best_toml={result.best_toml}"
+    )
+
+
+def tune_interrupted(exc: Any) -> None:
+    """Ctrl-C: what was kept and how to go on."""
+    plan, state = exc.plan, exc.progress
+    err_console.print(
+        f"interrupted: {state.done} of {state.target} trials of study '{plan.job.study_name}' "
+        f"are kept in {plan.storage_label}; the interrupted trial is queued again. Run the same "
+        "command to resume, or add --show to see the best trials so far.",
+        soft_wrap=True,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,21 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def _set_deterministic_algorithms(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode)`` without its 2-second import.
+
+    The public call also imports torch._inductor to set its flag, which only torch.compile reads
+    and covidreg does not use; unless inductor is already loaded, set the ATen flag directly.
+    """
+    if torch.are_deterministic_algorithms_enabled() == mode:
+        return
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode)
+    else:
+        setter(mode)
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA); optionally force deterministic kernels."""
     if deterministic:
@@ -34,7 +50,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
-    torch.use_deterministic_algorithms(deterministic)
+    _set_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
 
@@ -301,10 +317,14 @@ class Trainer:
             record = self._epoch(epoch)
             if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
                 stop_reason = "diverged"
+                kept = (
+                    f"kept the best weights (epoch {self.stopper.best_epoch})"
+                    if self.state.best_state is not None
+                    else "no epoch finished with a finite loss"
+                )
                 message = (
                     f"training diverged at epoch {epoch} (train loss {record.train_loss:g}, "
-                    f"valid loss {record.valid_loss:g}); kept the best weights so far — "
-                    "try a lower --lr"
+                    f"valid loss {record.valid_loss:g}); {kept} — try a lower --lr"
                 )
                 break
             self.state.history.append(record)

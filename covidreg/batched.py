@@ -1,0 +1,669 @@
+"""Cross-validation folds trained together: the K fold models as one stack of batched weights.
+
+A network this small spends a training step on per-operation overhead, not arithmetic, so K folds
+trained one after another pay that overhead K times. Here every step runs all folds at once: the
+weights of fold k are row k of one [K, P] tensor, each linear layer is one ``baddbmm`` over
+[K, batch, features], and the optimizer update is a handful of whole-stack tensor operations.
+
+Each fold is still the run ``experiment.fit_model`` makes with the fold's seed: the same initial
+weights (built and seeded exactly as there, then stacked), its own normalisation statistics, its
+own batch order (its own seeded generator), its own optimizer state and step count, its own
+learning-rate schedule and early stopping, and its best weights restored at the end. Folds whose
+training sets differ in size get padded batches: a per-row weight makes each fold's loss its own
+batch-mean MSE, and a per-fold step mask keeps a fold still at the steps it does not have and
+after it stopped. Without dropout the results equal the one-after-another loop to float
+rounding; with dropout each fold draws its own masks, so they agree only in distribution.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from covidreg.config import Config
+from covidreg.data import Arrays, feature_columns, fit_standardization, select
+from covidreg.errors import CovidRegError
+from covidreg.experiment import FittedModel, LoadedData, OnEpoch, check_batch_size
+from covidreg.model import ACTIVATIONS, MLP, build_model
+from covidreg.train import (
+    EarlyStopping,
+    EpochRecord,
+    FitResult,
+    build_optimizer,
+    build_scheduler,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
+
+Folds = Sequence[tuple[np.ndarray, np.ndarray]]
+
+
+def supports(cfg: Config) -> bool:
+    """Whether ``cfg`` can train its folds together.
+
+    Batch normalisation cannot: its running statistics and per-batch normalisation would need a
+    batched re-implementation of ``nn.BatchNorm1d``, so those configs use the sequential loop.
+    """
+    return not cfg.batch_norm
+
+
+@dataclass
+class FoldEvents:
+    """Callbacks of a cross-validation, fired in fold order as the one-after-another loop fires
+    them: ``on_fold_start(k, n_folds)``, ``on_epoch(record, stopper)`` for each of fold k's
+    epochs, then ``on_fold_fitted(k, fitted)``. ``on_epoch_mean(epoch, mse)`` gets, after every
+    epoch, the mean validation MSE of the folds that ran that epoch (a pruner may raise)."""
+
+    on_fold_start: Callable[[int, int], None] | None = None
+    on_epoch: OnEpoch | None = None
+    on_fold_fitted: Callable[[int, FittedModel], None] | None = None
+    on_epoch_mean: Callable[[int, float], None] | None = None
+
+
+# --- one fold's own state ---------------------------------------------------------------------
+
+
+@dataclass
+class _Fold:
+    """What fold k keeps for itself beside its row of the weight stack."""
+
+    model: MLP  # built and seeded as fit_model does; receives the best weights at the end
+    mean: np.ndarray
+    std: np.ndarray
+    train: Arrays
+    valid: Arrays
+    batch_order: torch.Generator
+    stopper: EarlyStopping
+    lr_optimizer: torch.optim.Optimizer  # holds the learning rates only, see _lr_schedule
+    scheduler: Any
+    history: list[EpochRecord] = field(default_factory=list)
+    running: bool = True
+    stop_reason: str = "max_epochs"
+    message: str = ""
+    seconds: float = 0.0  # this fold's share of the epochs' wall time
+    fitted: FittedModel | None = None
+
+
+def _build_fold(
+    cfg: Config, data: LoadedData, train_idx: np.ndarray, valid_idx: np.ndarray, seed: int
+) -> _Fold:
+    """Seed, build and normalise exactly as ``experiment.fit_model`` does, in the same order."""
+    columns = feature_columns(data.feature_names)
+    train = select(data.train, columns, train_idx)
+    valid = select(data.train, columns, valid_idx)
+    check_batch_size(cfg, len(train))
+    set_threads(cfg.threads)
+    seed_everything(seed, cfg.deterministic)
+    model = build_model(cfg, data.feature_names)
+    mean, std = fit_standardization(train.x.astype(np.float64), data.feature_names)
+    if cfg.normalize:
+        model.set_normalization(mean, std)
+    lr_optimizer, scheduler = _lr_schedule(model, cfg)
+    return _Fold(
+        model=model,
+        mean=mean,
+        std=std,
+        train=train,
+        valid=valid,
+        # make_loader orders the batches with a generator seeded with the run's seed
+        batch_order=torch.Generator().manual_seed(seed),
+        stopper=EarlyStopping(cfg.patience, cfg.min_delta),
+        lr_optimizer=lr_optimizer,
+        scheduler=scheduler,
+    )
+
+
+def _lr_schedule(model: MLP, cfg: Config) -> tuple[torch.optim.Optimizer, Any]:
+    """A stand-in optimizer with the fold's parameter groups and learning rates, and the real
+    scheduler over it: stepping it gives exactly torch.optim.lr_scheduler's sequence of rates,
+    plateau's per-fold state included. The stand-in updates nothing: its groups hold empty
+    tensors, and its one ``step()`` (no gradients, a no-op) tells the scheduler it was stepped.
+    """
+    groups = build_optimizer(model, cfg).param_groups
+    lr_optimizer = torch.optim.SGD(
+        [{"params": [torch.zeros(0)], "lr": group["lr"]} for group in groups], lr=cfg.lr
+    )
+    scheduler = build_scheduler(lr_optimizer, cfg)
+    lr_optimizer.step()
+    return lr_optimizer, scheduler
+
+
+# --- the stacked network ----------------------------------------------------------------------
+
+
+class _StackedMLP:
+    """K MLPs whose parameters are the rows of one [K, P] tensor, ``params``.
+
+    A row holds each linear layer's weight (transposed, [in, out], so a layer is one
+    ``baddbmm`` with no transpose) then its bias, body first, head last. The per-layer tensors
+    the forward pass uses are views of ``params`` made leaves of their own, so autograd gives
+    per-layer gradients without tracing any view, and the optimizer updates ``params`` in place.
+    Inputs arrive standardised with each fold's own statistics (the same elementwise float32
+    operations as ``MLP.forward``).
+    """
+
+    def __init__(self, models: list[MLP], cfg: Config, device: torch.device) -> None:
+        linears = self._linears(models[0])
+        if sum(1 for _ in models[0].parameters()) != 2 * len(linears):
+            raise CovidRegError("batched folds support linear layers only (no batch_norm)")
+        self.shapes = [(m.in_features, m.out_features) for m in linears]
+        self.sizes = [n for n_in, n_out in self.shapes for n in (n_in * n_out, n_out)]
+        self.n_folds = len(models)
+        self.activation = ACTIVATIONS[cfg.activation]()
+        self.dropout = cfg.dropout
+        self.params = torch.stack([self._row(m) for m in models]).to(device)
+        pieces = self.params.split(self.sizes, dim=1)
+        self.leaves: list[torch.Tensor] = []
+        for i, (n_in, n_out) in enumerate(self.shapes):
+            weight = pieces[2 * i].view(self.n_folds, n_in, n_out)
+            bias = pieces[2 * i + 1].view(self.n_folds, 1, n_out)
+            self.leaves += [weight.detach().requires_grad_(), bias.detach().requires_grad_()]
+        self.ones = self.params.new_ones(self.n_folds)
+
+    @staticmethod
+    def _linears(model: MLP) -> list[nn.Linear]:
+        return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+    def _row(self, model: MLP) -> torch.Tensor:
+        parts = [t for m in self._linears(model) for t in (m.weight.t(), m.bias)]
+        return torch.cat([t.detach().reshape(-1) for t in parts])
+
+    def copy_row_into(self, row: torch.Tensor, model: MLP) -> None:
+        """Load one row of the stack (fold k's weights) into fold k's own MLP."""
+        pieces = row.split(self.sizes)
+        with torch.no_grad():
+            for i, (linear, (n_in, n_out)) in enumerate(
+                zip(self._linears(model), self.shapes, strict=True)
+            ):
+                linear.weight.copy_(pieces[2 * i].view(n_in, n_out).t())
+                linear.bias.copy_(pieces[2 * i + 1])
+
+    def __call__(self, x: torch.Tensor, skip: torch.Tensor | None, training: bool) -> torch.Tensor:
+        """Predictions [K, rows] for inputs x [K, rows, features]."""
+        h = x
+        last = len(self.shapes) - 1
+        for i in range(len(self.shapes)):
+            h = torch.baddbmm(self.leaves[2 * i + 1], h, self.leaves[2 * i])
+            if i < last:
+                h = self.activation(h)
+                if self.dropout > 0 and training:
+                    # elementwise masks over [K, rows, units]: every fold draws its own
+                    h = nn.functional.dropout(h, self.dropout, training=True)
+        out = h.squeeze(-1)
+        return out if skip is None else out + skip
+
+    def gradient(self, per_fold_loss: torch.Tensor) -> torch.Tensor:
+        """d(sum of the folds' losses)/d(params) as a [K, P] stack: fold k's own gradient."""
+        grads = torch.autograd.grad(per_fold_loss, self.leaves, grad_outputs=self.ones)
+        return torch.cat([g.reshape(self.n_folds, -1) for g in grads], dim=1)
+
+
+def _pad(rows: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Stack per-fold tensors of different lengths into [K, length, ...], zero-padded."""
+    out = rows[0].new_zeros((len(rows), length, *rows[0].shape[1:]))
+    for k, row in enumerate(rows):
+        out[k, : len(row)] = row
+    return out
+
+
+@dataclass
+class _Inputs:
+    """One side (train or valid) of every fold, padded to the longest fold: [K, rows, ...]."""
+
+    x: torch.Tensor  # standardised features
+    y: torch.Tensor
+    skip: torch.Tensor | None  # raw tested_positive_d2 for the delta target
+    n_rows: list[int]
+
+    @classmethod
+    def stack(cls, arrays: list[Arrays], models: list[MLP], device: torch.device) -> _Inputs:
+        length = max(len(a) for a in arrays)
+        raw = [torch.from_numpy(a.x) for a in arrays]
+        x = [(r - m.input_mean.cpu()) / m.input_std.cpu() for r, m in zip(raw, models, strict=True)]
+        skip_index = models[0].skip_index
+        skip = None if skip_index is None else _pad([r[:, skip_index] for r in raw], length)
+        return cls(
+            x=_pad(x, length).to(device),
+            y=_pad([torch.from_numpy(a.y) for a in arrays], length).to(device),
+            skip=None if skip is None else skip.to(device),
+            n_rows=[len(a) for a in arrays],
+        )
+
+    def rows(
+        self, index: torch.Tensor, shape: tuple[int, int, int]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
+        """x, y and skip of the flattened rows ``index``, split into steps: each step's
+        tensors are [K, batch_size, ...] slices of one gathered block."""
+        n_folds, length = self.y.shape
+        x = self.x.view(n_folds * length, -1).index_select(0, index).view(*shape, -1)
+        y = self.y.view(-1).index_select(0, index).view(shape)
+        if self.skip is None:
+            return list(x.unbind(0)), list(y.unbind(0)), None
+        skip = self.skip.view(-1).index_select(0, index).view(shape)
+        return list(x.unbind(0)), list(y.unbind(0)), list(skip.unbind(0))
+
+
+# --- optimizer update rules -------------------------------------------------------------------
+
+
+class _UpdateRule:
+    """One torch.optim algorithm applied to the whole weight stack, fold by fold.
+
+    A single torch.optim optimizer over the stack would be right only while every fold steps at
+    every step; here a fold may skip a step (it has fewer batches, or has stopped), so each fold
+    has its own step count, learning rates and masked state updates. ``prepare`` turns one
+    epoch's plan into per-step factors (one small tensor each); ``update`` then costs a few
+    whole-stack operations per step, with no host synchronisation.
+    """
+
+    def __init__(self, cfg: Config, weights: torch.Tensor, group_index: torch.Tensor) -> None:
+        self.weight_decay = cfg.weight_decay
+        self.group_index = group_index
+        self.device = weights.device
+        self.lr = weights.new_zeros(())
+
+    def _per_step(self, values: np.ndarray) -> list[torch.Tensor]:
+        """[S, K] float64 factors -> S float32 tensors [K, 1], cast once as torch casts scalars."""
+        table = torch.from_numpy(values.astype(np.float32)).to(self.device)
+        return list(table.unsqueeze(-1).unbind(0))
+
+    def prepare(self, mask: np.ndarray, counts: np.ndarray, lrs: np.ndarray) -> None:
+        """mask [S, K]: fold k steps at step s; counts [S, K]: that step's number for the fold
+        (1 for its first step ever); lrs [K, G]: each fold's learning rate per parameter group."""
+        if np.all(lrs == lrs[:, :1]):
+            self.lr = torch.from_numpy(lrs[:, :1].astype(np.float32)).to(self.device)
+        else:  # a separate output_lr: a learning rate per element
+            table = torch.from_numpy(lrs.astype(np.float32)).to(self.device)
+            self.lr = table[:, self.group_index]
+        self._prepare(mask.astype(np.float64), counts)
+
+    def _prepare(self, mask: np.ndarray, counts: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def update(self, weights: torch.Tensor, grad: torch.Tensor, s: int) -> None:
+        raise NotImplementedError
+
+    def _l2_into_grad(self, weights: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return grad.add(weights, alpha=self.weight_decay) if self.weight_decay else grad
+
+
+class _SGD(_UpdateRule):
+    """torch.optim.SGD (dampening 0): buf = momentum * buf + g; first step buf = g."""
+
+    def __init__(self, cfg: Config, weights: torch.Tensor, group_index: torch.Tensor) -> None:
+        super().__init__(cfg, weights, group_index)
+        self.momentum = cfg.momentum
+        self.nesterov = cfg.nesterov
+        # a zero buffer gives buf = g on the first step exactly, as torch's clone does
+        self.buf = torch.zeros_like(weights) if cfg.momentum else None
+
+    def _prepare(self, mask: np.ndarray, counts: np.ndarray) -> None:
+        self.take = self._per_step(mask)
+        self.keep = self._per_step(np.where(mask > 0, self.momentum, 1.0))
+
+    def update(self, weights: torch.Tensor, grad: torch.Tensor, s: int) -> None:
+        grad = self._l2_into_grad(weights, grad)
+        if self.buf is not None:
+            self.buf.mul_(self.keep[s]).addcmul_(grad, self.take[s])
+            grad = grad.add(self.buf, alpha=self.momentum) if self.nesterov else self.buf
+        weights.addcmul_(grad, self.lr * self.take[s], value=-1)
+
+
+class _Adagrad(_UpdateRule):
+    """torch.optim.Adagrad with lr_decay 0, initial_accumulator_value 0, eps 1e-10."""
+
+    eps = 1e-10
+
+    def __init__(self, cfg: Config, weights: torch.Tensor, group_index: torch.Tensor) -> None:
+        super().__init__(cfg, weights, group_index)
+        self.sum = torch.zeros_like(weights)
+
+    def _prepare(self, mask: np.ndarray, counts: np.ndarray) -> None:
+        self.take = self._per_step(mask)
+
+    def update(self, weights: torch.Tensor, grad: torch.Tensor, s: int) -> None:
+        grad = self._l2_into_grad(weights, grad)
+        self.sum.addcmul_(grad, grad * self.take[s])
+        std = self.sum.sqrt().add_(self.eps)
+        weights.addcdiv_(grad * (self.lr * self.take[s]), std, value=-1)
+
+
+class _RMSprop(_UpdateRule):
+    """torch.optim.RMSprop with alpha 0.99, eps 1e-8, not centred, momentum from the config."""
+
+    alpha = 0.99
+    eps = 1e-8
+
+    def __init__(self, cfg: Config, weights: torch.Tensor, group_index: torch.Tensor) -> None:
+        super().__init__(cfg, weights, group_index)
+        self.momentum = cfg.momentum
+        self.square_avg = torch.zeros_like(weights)
+        self.buf = torch.zeros_like(weights) if cfg.momentum else None
+
+    def _prepare(self, mask: np.ndarray, counts: np.ndarray) -> None:
+        self.take = self._per_step(mask)
+        self.keep_avg = self._per_step(np.where(mask > 0, self.alpha, 1.0))
+        self.take_avg = self._per_step(mask * (1 - self.alpha))
+        self.keep_buf = self._per_step(np.where(mask > 0, self.momentum, 1.0))
+
+    def update(self, weights: torch.Tensor, grad: torch.Tensor, s: int) -> None:
+        grad = self._l2_into_grad(weights, grad)
+        self.square_avg.mul_(self.keep_avg[s]).addcmul_(grad, grad * self.take_avg[s])
+        avg = self.square_avg.sqrt().add_(self.eps)
+        if self.buf is not None:
+            self.buf.mul_(self.keep_buf[s]).addcdiv_(grad * self.take[s], avg)
+            weights.addcmul_(self.buf, self.lr * self.take[s], value=-1)
+        else:
+            weights.addcdiv_(grad * (self.lr * self.take[s]), avg, value=-1)
+
+
+class _Adam(_UpdateRule):
+    """torch.optim.Adam (betas 0.9, 0.999, eps 1e-8, no amsgrad); AdamW's weight decay is
+    decoupled: weights *= 1 - lr * weight_decay before the Adam step."""
+
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    decoupled = False
+
+    def __init__(self, cfg: Config, weights: torch.Tensor, group_index: torch.Tensor) -> None:
+        super().__init__(cfg, weights, group_index)
+        self.exp_avg = torch.zeros_like(weights)
+        self.exp_avg_sq = torch.zeros_like(weights)
+
+    def _prepare(self, mask: np.ndarray, counts: np.ndarray) -> None:
+        counts = np.where(mask > 0, counts, 1)  # a skipped step: any count, its update is 0
+        self.take1 = self._per_step(mask * (1 - self.beta1))
+        self.keep2 = self._per_step(np.where(mask > 0, self.beta2, 1.0))
+        self.take2 = self._per_step(mask * (1 - self.beta2))
+        # step_size = lr / (1 - beta1^t), sqrt(1 - beta2^t): the bias corrections, per fold
+        self.step_factor = self._per_step(mask / (1 - self.beta1**counts))
+        self.bias2_sqrt = self._per_step(np.sqrt(1 - self.beta2**counts))
+        self.decay = self._per_step(mask * self.weight_decay)
+
+    def update(self, weights: torch.Tensor, grad: torch.Tensor, s: int) -> None:
+        if self.decoupled:
+            if self.weight_decay:
+                weights.addcmul_(weights, self.lr * self.decay[s], value=-1)
+        else:
+            grad = self._l2_into_grad(weights, grad)
+        self.exp_avg.lerp_(grad, self.take1[s])
+        self.exp_avg_sq.mul_(self.keep2[s]).addcmul_(grad, grad * self.take2[s])
+        denom = self.exp_avg_sq.sqrt().div_(self.bias2_sqrt[s]).add_(self.eps)
+        weights.addcdiv_(self.exp_avg * (self.lr * self.step_factor[s]), denom, value=-1)
+
+
+class _AdamW(_Adam):
+    decoupled = True
+
+
+UPDATE_RULES: dict[str, type[_UpdateRule]] = {
+    "sgd": _SGD,
+    "adagrad": _Adagrad,
+    "rmsprop": _RMSprop,
+    "adam": _Adam,
+    "adamw": _AdamW,
+}
+
+
+# --- the training loop ------------------------------------------------------------------------
+
+
+class _Batches:
+    """Every fold's mini-batches of one epoch, padded to one shape [S, K, batch_size].
+
+    Fold k's batches are ``randperm(n_k, generator=its own).split(batch_size)``, what its
+    DataLoader would give. Row weights 1 / (rows in that batch) make a fold's loss its batch mean;
+    the rows past a fold's end (its short last batch, the steps it has no batch for) weigh 0.
+    """
+
+    def __init__(self, n_rows: list[int], batch_size: int, device: torch.device) -> None:
+        self.n_rows = n_rows
+        self.batch_size = batch_size
+        self.n_batches = np.array([-(-n // batch_size) for n in n_rows])
+        self.n_steps = int(self.n_batches.max())
+        # rows in fold k's batch at step s [S, K]: batch_size, the last batch's rest, or 0
+        starts = np.arange(self.n_steps)[:, None] * batch_size
+        rows = np.clip(np.asarray(n_rows)[None, :] - starts, 0, batch_size)
+        in_batch = np.arange(batch_size)[None, None, :] < rows[:, :, None]
+        weight = np.where(in_batch, 1.0 / np.maximum(rows, 1)[:, :, None], 0.0)
+        self.row_weight = list(torch.from_numpy(weight.astype(np.float32)).to(device).unbind(0))
+        self.rows = list(torch.from_numpy(rows.astype(np.float32)).to(device).unbind(0))
+        self.device = device
+
+    def order(
+        self, generators: list[torch.Generator], running: list[int], padded_rows: int
+    ) -> torch.Tensor:
+        """The epoch's rows of the [K * padded_rows] flattened inputs, in [S, K, batch_size]
+        order: one permutation per running fold (a stopped fold draws none, as its loader
+        would not; its rows are never stepped on)."""
+        n_folds = len(generators)
+        index = torch.zeros(n_folds, self.n_steps * self.batch_size, dtype=torch.long)
+        for k in running:
+            perm = torch.randperm(self.n_rows[k], generator=generators[k])
+            index[k, : self.n_rows[k]] = perm + k * padded_rows
+        index = index.view(n_folds, self.n_steps, self.batch_size).transpose(0, 1)
+        return index.reshape(-1).to(self.device)
+
+
+def _group_index(model: MLP, cfg: Config) -> torch.Tensor:
+    """The optimizer parameter group (body or head) of every element of a weight-stack row."""
+    groups = build_optimizer(model, cfg).param_groups
+    group_of = {id(p): g for g, group in enumerate(groups) for p in group["params"]}
+    in_row_order = [p for m in _StackedMLP._linears(model) for p in (m.weight, m.bias)]
+    return torch.cat([torch.full((p.numel(),), group_of[id(p)]) for p in in_row_order]).long()
+
+
+def _weight_elements(net: _StackedMLP) -> torch.Tensor:
+    """1 for the elements of weight matrices, 0 for biases: the L1/L2 penalties' domain."""
+    return torch.cat([torch.full((n,), float(i % 2 == 0)) for i, n in enumerate(net.sizes)])
+
+
+class _BatchedTrainer:
+    """The K folds' epochs, steps and bookkeeping; ``Trainer.fit`` for all folds at once."""
+
+    def __init__(self, cfg: Config, folds: list[_Fold], device: torch.device) -> None:
+        self.cfg = cfg
+        self.folds = folds
+        models = [fold.model for fold in folds]
+        self.net = _StackedMLP(models, cfg, device)
+        self.params = self.net.params  # updated in place by the rule
+        self.best = self.params.clone()
+        self.train = _Inputs.stack([f.train for f in folds], models, device)
+        self.valid = _Inputs.stack([f.valid for f in folds], models, device)
+        n_valid = torch.tensor(self.valid.n_rows, device=device)
+        is_row = torch.arange(self.valid.y.shape[1], device=device)[None, :] < n_valid[:, None]
+        self.valid_weight = is_row / n_valid[:, None].float()
+        self.batches = _Batches(self.train.n_rows, cfg.batch_size, device)
+        group_index = _group_index(models[0], cfg).to(device)
+        self.rule = UPDATE_RULES[cfg.optimizer](cfg, self.params, group_index)
+        is_weight = _weight_elements(self.net).to(device)
+        self.l2_grad = 2 * cfg.l2 * is_weight if cfg.l2 else None
+        self.l1_grad = cfg.l1 * is_weight if cfg.l1 else None
+        self.steps = np.zeros(len(folds), dtype=np.int64)  # each fold's optimizer steps so far
+
+    def fit(self, events: FoldEvents) -> None:
+        in_order = _InFoldOrder(events, self.cfg, len(self.folds))
+        in_order.advance(self.folds)  # fold 1 starts now, as it would one after another
+        for epoch in range(1, self.cfg.epochs + 1):
+            running = [k for k, fold in enumerate(self.folds) if fold.running]
+            if not running:
+                break
+            start = time.perf_counter()
+            self._epoch(epoch, running, events)
+            share = (time.perf_counter() - start) / len(running)
+            for k in running:
+                self.folds[k].seconds += share
+                if not self.folds[k].running:
+                    self._finish(k)
+            in_order.advance(self.folds)
+        for k, fold in enumerate(self.folds):
+            if fold.fitted is None:
+                self._finish(k)
+        in_order.advance(self.folds)
+
+    def _epoch(self, epoch: int, running: list[int], events: FoldEvents) -> None:
+        lrs = np.array([[g["lr"] for g in f.lr_optimizer.param_groups] for f in self.folds])
+        train_sum = self._train_epoch(running, lrs)
+        valid_mse = self._evaluate()
+        # the epoch's one host synchronisation
+        train_sums, valid_losses = torch.stack([train_sum, valid_mse]).tolist()
+        recorded, improved = [], []
+        for k in running:
+            fold = self.folds[k]
+            record = EpochRecord(
+                epoch, train_sums[k] / self.train.n_rows[k], valid_losses[k], float(lrs[k, 0])
+            )
+            if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
+                self._diverged(fold, record)
+                continue
+            recorded.append(record.valid_loss)
+            if self._end_of_epoch(fold, record):
+                improved.append(k)
+        if improved:
+            self.best[improved] = self.params[improved]
+        if events.on_epoch_mean is not None and recorded:
+            events.on_epoch_mean(epoch, sum(recorded) / len(recorded))
+
+    @staticmethod
+    def _diverged(fold: _Fold, record: EpochRecord) -> None:
+        """Stop the fold as Trainer.fit does; with no finite epoch at all, fail as it does."""
+        fold.running = False
+        fold.stop_reason = "diverged"
+        kept = (
+            f"kept the best weights (epoch {fold.stopper.best_epoch})"
+            if fold.history
+            else "no epoch finished with a finite loss"
+        )
+        fold.message = (
+            f"training diverged at epoch {record.epoch} (train loss {record.train_loss:g}, "
+            f"valid loss {record.valid_loss:g}); {kept} — try a lower --lr"
+        )
+        if not fold.history:
+            raise CovidRegError(fold.message)
+
+    def _end_of_epoch(self, fold: _Fold, record: EpochRecord) -> bool:
+        """Trainer.fit's bookkeeping for one fold; True if the epoch is the fold's new best."""
+        fold.history.append(record)
+        improved = fold.stopper.step(record.valid_loss, record.epoch)
+        if fold.scheduler is not None:
+            if self.cfg.scheduler == "plateau":
+                fold.scheduler.step(record.valid_loss)
+            else:
+                fold.scheduler.step()
+        if fold.stopper.should_stop:
+            fold.running = False
+            fold.stop_reason = "early_stopping"
+        return improved
+
+    def _train_epoch(self, running: list[int], lrs: np.ndarray) -> torch.Tensor:
+        """One epoch of every running fold; returns each fold's summed batch MSE x rows [K]."""
+        batches = self.batches
+        is_running = np.zeros(len(self.folds), dtype=bool)
+        is_running[running] = True
+        step = np.arange(batches.n_steps)[:, None]
+        mask = (step < batches.n_batches[None, :]) & is_running[None, :]
+        self.rule.prepare(mask, self.steps[None, :] + step + 1, lrs)
+        self.steps += np.where(is_running, batches.n_batches, 0)
+        x, y, skip = self.train.rows(
+            batches.order([f.batch_order for f in self.folds], running, self.train.y.shape[1]),
+            (batches.n_steps, len(self.folds), batches.batch_size),
+        )
+        total = self.params.new_zeros(len(self.folds))
+        for s in range(batches.n_steps):
+            pred = self.net(x[s], None if skip is None else skip[s], training=True)
+            per_fold = ((pred - y[s]).square() * batches.row_weight[s]).sum(1)
+            grad = self.net.gradient(per_fold)
+            if self.l2_grad is not None:
+                grad.addcmul_(self.params, self.l2_grad)
+            if self.l1_grad is not None:
+                grad.addcmul_(self.params.sign(), self.l1_grad)
+            self.rule.update(self.params, grad, s)
+            total.addcmul_(per_fold.detach(), batches.rows[s])
+        return total
+
+    @torch.no_grad()
+    def _evaluate(self) -> torch.Tensor:
+        """Each fold's plain validation MSE [K], no dropout."""
+        pred = self.net(self.valid.x, self.valid.skip, training=False)
+        return ((pred - self.valid.y).square() * self.valid_weight).sum(1)
+
+    def _finish(self, k: int) -> None:
+        """Restore fold k's best weights into its own MLP and wrap up its result."""
+        fold = self.folds[k]
+        self.net.copy_row_into(self.best[k], fold.model)
+        result = FitResult(
+            history=list(fold.history),
+            best_epoch=fold.stopper.best_epoch,
+            best_valid_mse=fold.stopper.best,
+            stop_reason=fold.stop_reason,
+            seconds=fold.seconds,
+            message=fold.message,
+        )
+        fold.fitted = FittedModel(fold.model, result, None, fold.mean, fold.std)
+
+
+class _InFoldOrder:
+    """Fires the fold callbacks in fold order, as the one-after-another loop does.
+
+    The lowest unfinished fold is reported live, epoch by epoch; a later fold's epochs so far are
+    replayed when its turn comes, through a fresh EarlyStopping stepped on the same losses, so
+    each ``on_epoch`` sees the stopper state the sequential loop would show.
+    """
+
+    def __init__(self, events: FoldEvents, cfg: Config, n_folds: int) -> None:
+        self.events = events
+        self.cfg = cfg
+        self.n_folds = n_folds
+        self.current = 0
+        self.shown = 0
+        self.stopper: EarlyStopping | None = None
+
+    def advance(self, folds: list[_Fold]) -> None:
+        events = self.events
+        while self.current < self.n_folds:
+            fold = folds[self.current]
+            if self.stopper is None:
+                self.stopper = EarlyStopping(self.cfg.patience, self.cfg.min_delta)
+                if events.on_fold_start is not None:
+                    events.on_fold_start(self.current + 1, self.n_folds)
+            for record in fold.history[self.shown :]:
+                self.stopper.step(record.valid_loss, record.epoch)
+                if events.on_epoch is not None:
+                    events.on_epoch(record, self.stopper)
+            self.shown = len(fold.history)
+            if fold.fitted is None:
+                return
+            if events.on_fold_fitted is not None:
+                events.on_fold_fitted(self.current + 1, fold.fitted)
+            self.current, self.shown, self.stopper = self.current + 1, 0, None
+
+
+def fit_folds(
+    cfg: Config,
+    data: LoadedData,
+    folds: Folds,
+    seeds: Sequence[int],
+    events: FoldEvents | None = None,
+) -> list[FittedModel]:
+    """Train one model per (train rows, valid rows) fold, all together; fold k uses seeds[k].
+
+    Returns each fold's fitted model (best weights restored, on ``cfg.device``) in fold order.
+    """
+    if not supports(cfg):
+        raise CovidRegError("batch_norm models cannot train their folds together")
+    device = resolve_device(cfg.device)
+    runs = [
+        _build_fold(cfg, data, train_idx, valid_idx, seed)
+        for (train_idx, valid_idx), seed in zip(folds, seeds, strict=True)
+    ]
+    for run in runs:
+        run.model.to(device)
+    _BatchedTrainer(cfg, runs, device).fit(events or FoldEvents())
+    return [run.fitted for run in runs if run.fitted is not None]

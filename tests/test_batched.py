@@ -1,0 +1,288 @@
+"""The folds trained together (covidreg.batched) against the one-after-another loop.
+
+The reference is ``experiment.fit_model`` with ``cv.fold_seed(seed, k)`` for each fold. Without
+dropout the two must agree to float rounding: batched matrix products round differently, and
+the difference grows slowly with the epochs, so the runs here are short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from covidreg import batched
+from covidreg.config import Config
+from covidreg.cv import cross_validate, fold_seed, make_folds
+from covidreg.data import feature_columns, select
+from covidreg.errors import CovidRegError
+from covidreg.experiment import FittedModel, LoadedData, fit_model, load_data
+from covidreg.model import build_model
+from covidreg.train import evaluate
+
+N_FOLDS = 5
+RTOL = 1e-4  # histories and best validation MSE
+ATOL = 1e-4  # final (best) weights
+
+
+@pytest.fixture
+def train_csv(hw01_files: dict[str, Path]) -> str:
+    return str(hw01_files["train"])
+
+
+def make_cfg(train_csv: str, **overrides: Any) -> Config:
+    # 4 states x 30 windows, blocked 5-fold, purge 2: 88, 80, 80, 80, 88 training rows, so with
+    # batch_size 16 the folds have 6 or 5 batches and the 88-row folds a short last batch of 8.
+    values: dict[str, Any] = {
+        "train_csv": train_csv,
+        "test_csv": "",
+        "epochs": 25,
+        "batch_size": 16,
+        "patience": 0,
+        "hidden": [16, 8],
+        "lr": 3e-3,
+        "checkpoint_every": 0,
+    }
+    values.update(overrides)
+    return Config(**values)
+
+
+def setup(cfg: Config) -> tuple[LoadedData, list[tuple[np.ndarray, np.ndarray]], list[int]]:
+    data = load_data(cfg, with_test=False)
+    folds = make_folds(cfg, data, N_FOLDS)
+    return data, folds, [fold_seed(cfg.seed, k) for k in range(1, N_FOLDS + 1)]
+
+
+def sequential(cfg: Config) -> list[FittedModel]:
+    data, folds, seeds = setup(cfg)
+    return [fit_model(cfg, data, tr, va, seed) for (tr, va), seed in zip(folds, seeds, strict=True)]
+
+
+def together(cfg: Config) -> list[FittedModel]:
+    data, folds, seeds = setup(cfg)
+    return batched.fit_folds(cfg, data, folds, seeds)
+
+
+def history_array(fitted: FittedModel) -> np.ndarray:
+    return np.array([[r.train_loss, r.valid_loss, r.lr] for r in fitted.result.history])
+
+
+def assert_same_folds(expected: list[FittedModel], got: list[FittedModel]) -> None:
+    assert len(got) == len(expected)
+    for k, (ref, out) in enumerate(zip(expected, got, strict=True), start=1):
+        where = f"fold {k}"
+        assert [r.epoch for r in out.result.history] == [r.epoch for r in ref.result.history], where
+        assert out.result.best_epoch == ref.result.best_epoch, where
+        assert out.result.stop_reason == ref.result.stop_reason, where
+        np.testing.assert_allclose(
+            history_array(out), history_array(ref), rtol=RTOL, atol=0, err_msg=where
+        )
+        assert out.result.best_valid_mse == pytest.approx(ref.result.best_valid_mse, rel=RTOL)
+        np.testing.assert_array_equal(out.mean, ref.mean)
+        np.testing.assert_array_equal(out.std, ref.std)
+        ref_state, out_state = ref.model.state_dict(), out.model.state_dict()
+        assert list(out_state) == list(ref_state), where
+        for name, value in ref_state.items():
+            torch.testing.assert_close(
+                out_state[name], value, rtol=0, atol=ATOL, msg=f"{where}: {name}"
+            )
+
+
+def test_the_synthetic_folds_have_uneven_batches(train_csv: str) -> None:
+    """The precondition of the comparisons below: padding and step masks are exercised."""
+    cfg = make_cfg(train_csv)
+    _, folds, _ = setup(cfg)
+    n_rows = [len(tr) for tr, _ in folds]
+    n_batches = {-(-n // cfg.batch_size) for n in n_rows}
+    assert len(n_batches) > 1
+    assert any(n % cfg.batch_size for n in n_rows)
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "adam": {},
+    "adam-l2-weight-decay": {"weight_decay": 0.05},
+    "adamw-output-lr": {"optimizer": "adamw", "weight_decay": 0.1, "output_lr": 1e-2},
+    "sgd-momentum": {"optimizer": "sgd", "lr": 1e-3, "epochs": 15},
+    "sgd-nesterov-decay": {
+        "optimizer": "sgd",
+        "lr": 1e-3,
+        "nesterov": True,
+        "weight_decay": 1e-3,
+        "epochs": 15,
+    },
+    "sgd-plain": {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.0},
+    "adagrad": {"optimizer": "adagrad", "lr": 3e-2, "weight_decay": 1e-3},
+    "rmsprop-momentum": {"optimizer": "rmsprop", "lr": 1e-3, "momentum": 0.5},
+    "rmsprop-plain": {"optimizer": "rmsprop", "lr": 1e-3, "momentum": 0.0},
+    "step-scheduler": {"scheduler": "step", "step_size": 7, "gamma": 0.5},
+    "exponential-scheduler": {"scheduler": "exponential", "gamma": 0.9, "output_lr": 1e-2},
+    "cosine-scheduler": {"scheduler": "cosine", "lr": 1e-2, "min_lr": 1e-4},
+    "l1-l2-delta": {"l1": 1e-3, "l2": 1e-3, "target": "delta"},
+    "tanh-one-layer-unnormalised": {"activation": "tanh", "hidden": [12], "normalize": False},
+    "gelu-three-layers-batch-32": {"activation": "gelu", "hidden": [16, 8, 4], "batch_size": 32},
+}
+
+
+@pytest.mark.parametrize("overrides", CASES.values(), ids=CASES.keys())
+def test_folds_trained_together_equal_the_sequential_loop(
+    train_csv: str, overrides: dict[str, Any]
+) -> None:
+    cfg = make_cfg(train_csv, **overrides)
+    assert_same_folds(sequential(cfg), together(cfg))
+
+
+def test_early_stopping_stops_each_fold_at_its_own_epoch(train_csv: str) -> None:
+    cfg = make_cfg(train_csv, epochs=80, lr=1e-2, patience=4)
+    expected, got = sequential(cfg), together(cfg)
+    assert_same_folds(expected, got)
+    assert len({len(f.result.history) for f in got}) > 1  # folds stopped at different epochs
+    assert {f.result.stop_reason for f in got} == {"early_stopping"}
+    for fold in got:  # the best weights are restored, not the last ones
+        assert fold.result.best_epoch < len(fold.result.history)
+
+
+def test_plateau_scheduler_runs_per_fold(train_csv: str) -> None:
+    cfg = make_cfg(
+        train_csv, epochs=60, lr=1e-2, scheduler="plateau", plateau_patience=2, patience=8
+    )
+    expected, got = sequential(cfg), together(cfg)
+    assert_same_folds(expected, got)
+    first_cuts = {next(r.epoch for r in f.result.history if r.lr < cfg.lr) for f in got}
+    assert len(first_cuts) > 1  # each fold's learning rate was cut at its own epoch
+
+
+def test_fold_models_hold_their_best_weights(train_csv: str) -> None:
+    """Each unstacked model is a plain MLP whose validation MSE is the fold's best."""
+    cfg = make_cfg(train_csv, target="delta", epochs=15)
+    data, folds, seeds = setup(cfg)
+    columns = feature_columns(data.feature_names)
+    for fitted, (_, valid_idx) in zip(
+        batched.fit_folds(cfg, data, folds, seeds), folds, strict=True
+    ):
+        fresh = build_model(cfg, data.feature_names)
+        fresh.load_state_dict(fitted.model.state_dict())  # a normal MLP state_dict
+        valid = select(data.train, columns, valid_idx)
+        mse = evaluate(fresh, torch.from_numpy(valid.x), torch.from_numpy(valid.y))
+        assert mse == pytest.approx(fitted.result.best_valid_mse, rel=1e-5)
+
+
+def test_reruns_are_bit_identical(train_csv: str) -> None:
+    cfg = make_cfg(train_csv, epochs=10, dropout=0.2)
+    first, second = together(cfg), together(cfg)
+    for a, b in zip(first, second, strict=True):
+        assert a.result.history == b.result.history
+        for name, value in a.model.state_dict().items():
+            assert torch.equal(value, b.model.state_dict()[name]), name
+
+
+def test_dropout_is_applied_in_training_only(train_csv: str) -> None:
+    cfg = make_cfg(train_csv, epochs=12, dropout=0.3)
+    data, folds, seeds = setup(cfg)
+    with_dropout = batched.fit_folds(cfg, data, folds, seeds)
+    without = batched.fit_folds(dataclasses.replace(cfg, dropout=0.0), data, folds, seeds)
+    noisy = np.mean([history_array(f)[4:, 0] for f in with_dropout])
+    clean = np.mean([history_array(f)[4:, 0] for f in without])
+    assert noisy > clean  # the training loss is measured with the masks on
+    columns = feature_columns(data.feature_names)
+    for fitted, (_, valid_idx) in zip(with_dropout, folds, strict=True):
+        valid = select(data.train, columns, valid_idx)
+        mse = evaluate(fitted.model, torch.from_numpy(valid.x), torch.from_numpy(valid.y))
+        assert mse == pytest.approx(fitted.result.best_valid_mse, rel=1e-5)  # eval: no masks
+
+
+def test_dropout_masks_are_independent_per_fold_and_unbiased() -> None:
+    """Statistical equivalence with nn.Dropout: the same fold weights get different masks in
+    different folds, and the mean over masks is the eval-mode output (inverted dropout)."""
+    cfg = Config(hidden=[32], dropout=0.5)
+    torch.manual_seed(0)
+    model = build_model(cfg, ["a", "b", "c"])
+    net = batched._StackedMLP([model, model], cfg, torch.device("cpu"))
+    x = torch.randn(1, 1, 3).expand(2, 20000, 3).contiguous()
+    with torch.no_grad():
+        train_out = net(x, None, training=True)
+        eval_out = net(x, None, training=False)
+    assert torch.equal(eval_out[0], eval_out[1])
+    assert not torch.equal(train_out[0], train_out[1])
+    expected = model.eval()(x[0, :1])
+    torch.testing.assert_close(eval_out[:, :1], expected.expand(2, 1), rtol=1e-5, atol=1e-6)
+    spread = train_out.std(dim=1) / train_out.shape[1] ** 0.5
+    assert (train_out.mean(dim=1) - expected).abs().max() < 5 * spread.max()
+
+
+def test_batch_norm_falls_back_to_the_sequential_loop(train_csv: str) -> None:
+    cfg = make_cfg(train_csv, batch_norm=True, epochs=5)
+    assert not batched.supports(cfg)
+    data, folds, seeds = setup(cfg)
+    with pytest.raises(CovidRegError, match="batch_norm"):
+        batched.fit_folds(cfg, data, folds, seeds)
+    got = cross_validate(cfg, data, folds)
+    for ref, out in zip(sequential(cfg), got, strict=True):
+        assert out.result.history == ref.result.history  # the same code path: exact
+        assert out.trainer is not None
+
+
+def _recording_events(log: list[tuple[Any, ...]]) -> batched.FoldEvents:
+    return batched.FoldEvents(
+        on_fold_start=lambda k, n: log.append(("start", k, n)),
+        on_epoch=lambda r, stopper: log.append(("epoch", r.epoch, stopper.best_epoch)),
+        on_fold_fitted=lambda k, fitted: log.append(("fitted", k, fitted.result.best_epoch)),
+        on_epoch_mean=lambda epoch, mse: log.append(("mean", epoch, mse)),
+    )
+
+
+def test_callbacks_fire_in_the_sequential_order(train_csv: str) -> None:
+    cfg = make_cfg(train_csv, epochs=40, lr=1e-2, patience=3)
+    data, folds, _ = setup(cfg)
+    log_together: list[tuple[Any, ...]] = []
+    log_sequential: list[tuple[Any, ...]] = []
+    cross_validate(cfg, data, folds, _recording_events(log_together), together=True)
+    cross_validate(cfg, data, folds, _recording_events(log_sequential), together=False)
+    # together, the means arrive live between the fold events; one after another, at the end
+    assert [e for e in log_together if e[0] != "mean"] == [
+        e for e in log_sequential if e[0] != "mean"
+    ]
+    means_together = np.array([e[1:] for e in log_together if e[0] == "mean"])
+    means_sequential = np.array([e[1:] for e in log_sequential if e[0] == "mean"])
+    np.testing.assert_allclose(means_together, means_sequential, rtol=RTOL)
+    assert [e[0] for e in log_together[:2]] == ["start", "mean"]  # fold 1 is reported live
+    starts = [e for e in log_together if e[0] == "start"]
+    assert starts == [("start", k, N_FOLDS) for k in range(1, N_FOLDS + 1)]
+
+
+def test_on_epoch_mean_averages_the_running_folds_and_may_abort(train_csv: str) -> None:
+    cfg = make_cfg(train_csv, epochs=60, lr=1e-2, patience=3)
+    data, folds, seeds = setup(cfg)
+    means: list[tuple[int, float]] = []
+    fitted = batched.fit_folds(
+        cfg, data, folds, seeds, batched.FoldEvents(on_epoch_mean=lambda e, m: means.append((e, m)))
+    )
+    last_epoch = max(len(f.result.history) for f in fitted)
+    assert [e for e, _ in means] == list(range(1, last_epoch + 1))
+    for epoch, mean in means:
+        running = [
+            f.result.history[epoch - 1].valid_loss for f in fitted if len(f.result.history) >= epoch
+        ]
+        assert mean == pytest.approx(sum(running) / len(running), rel=1e-12)
+
+    class Pruned(Exception):
+        pass
+
+    def prune(epoch: int, mse: float) -> None:
+        if epoch == 3:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        batched.fit_folds(cfg, data, folds, seeds, batched.FoldEvents(on_epoch_mean=prune))
+
+
+def test_divergence_is_reported_as_the_sequential_loop_does(train_csv: str) -> None:
+    cfg = make_cfg(train_csv, optimizer="sgd", lr=10.0, momentum=0.0, normalize=False)
+    with pytest.raises(CovidRegError, match="diverged at epoch 1") as expected:
+        sequential(cfg)
+    with pytest.raises(CovidRegError, match="diverged at epoch 1") as got:
+        together(cfg)
+    assert str(got.value) == str(expected.value)

@@ -1,0 +1,447 @@
+"""Reproducibility and reliability you can prove.
+
+A run killed mid-training resumes to the same bits as an uninterrupted run; a process killed while
+it writes a checkpoint leaves a loadable file; reruns are bit-identical; every run records where it
+came from; and every bad input is one line, exit code 1, with nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from covidreg import artifacts
+from covidreg.cli import app
+from covidreg.config import resolve_config
+from covidreg.experiment import STATE_FILE, run_train
+from covidreg.train import EarlyStopping, EpochRecord, resolve_device
+
+runner = CliRunner()
+
+
+def train_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--train-csv",
+        str(files["train"]),
+        "--test-csv",
+        str(files["test"]),
+        "--epochs",
+        "12",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def state_dicts_equal(a: Path, b: Path) -> bool:
+    wa = torch.load(a, weights_only=True)["state_dict"]
+    wb = torch.load(b, weights_only=True)["state_dict"]
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def interrupted_run_dir(files: dict[str, Path], out: Path, stop_at: int = 6) -> Path:
+    """A run stopped (KeyboardInterrupt) in epoch ``stop_at``: it holds only the training state."""
+    cfg = resolve_config(
+        None,
+        {
+            "train_csv": str(files["train"]),
+            "test_csv": str(files["test"]),
+            "epochs": "20",
+            "batch_size": "16",
+            "checkpoint_every": "5",
+        },
+    )
+
+    def interrupt(record: EpochRecord, stopper: EarlyStopping) -> None:
+        if record.epoch == stop_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg, out, on_epoch=interrupt)
+    assert [p.name for p in out.iterdir()] == [STATE_FILE]
+    return out
+
+
+# --- exact resume after SIGKILL ---------------------------------------------------------------
+
+RESUME_EPOCHS = 150  # ~10 ms each here: the kill after epoch 10 lands long before the end
+KILL_AFTER_EPOCH = 10
+
+
+def wait_for_state(state: Path, proc: subprocess.Popen[bytes], min_epoch: int) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"training finished (rc {proc.returncode}) before the kill"
+        if state.exists():
+            # written atomically: any moment's file must load
+            epoch = int(artifacts.load_checkpoint(state, "training state")["epoch"])
+            if epoch >= min_epoch:
+                return epoch
+        time.sleep(0.005)
+    raise AssertionError("no training state appeared within 60 s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param((), id="plain"),
+        pytest.param(("--dropout", "0.2", "--scheduler", "cosine"), id="dropout-cosine"),
+    ],
+)
+def test_sigkilled_run_resumes_bit_identically(
+    extra: tuple[str, ...], hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    common = ["--epochs", str(RESUME_EPOCHS), "--patience", "0", "--checkpoint-every", "5", "-q"]
+    args = [*train_args(hw01_files, killed), *common, *extra]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "covidreg", *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        saved = wait_for_state(killed / STATE_FILE, proc, KILL_AFTER_EPOCH)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "model.pt").exists(), "the kill must land mid-run"
+    state = artifacts.load_checkpoint(killed / STATE_FILE)
+    assert saved <= state["epoch"] < RESUME_EPOCHS and state["epoch"] % 5 == 0
+
+    resumed = runner.invoke(app, ["train", "--resume", str(killed), "-q"])
+    assert resumed.exit_code == 0, resumed.stderr
+    uninterrupted = runner.invoke(app, [*train_args(hw01_files, reference), *common, *extra])
+    assert uninterrupted.exit_code == 0, uninterrupted.stderr
+
+    assert not (killed / STATE_FILE).exists(), "a finished run removes its training state"
+    assert state_dicts_equal(killed / "model.pt", reference / "model.pt")
+    for name in ("history.csv", "pred.csv", "config.toml"):
+        assert (killed / name).read_bytes() == (reference / name).read_bytes(), name
+    history = (killed / "history.csv").read_text().splitlines()
+    assert len(history) == RESUME_EPOCHS + 1
+
+    def comparable(run: Path) -> dict[str, object]:
+        metrics = json.loads((run / "metrics.json").read_text())
+        env = metrics.pop("environment")
+        metrics.pop("seconds")
+        return {**metrics, "seed": env["seed"], "deterministic": env["deterministic"]}
+
+    assert comparable(killed) == comparable(reference)
+
+
+# --- a kill while a checkpoint is being written -----------------------------------------------
+
+WRITER = """
+import sys, torch
+from covidreg import artifacts
+base = torch.arange(1_000_000, dtype=torch.float64)
+version = 0
+while True:
+    version += 1
+    artifacts.save_checkpoint(sys.argv[1], {"kind": "stress", "version": version,
+                                            "data": base + version})
+    if version == 1:
+        print("first", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_kill_during_checkpoint_writes_leaves_a_loadable_file(tmp_path: Path) -> None:
+    rng = random.Random()
+    writers = []
+    for i in range(3):
+        path = tmp_path / f"w{i}" / "state.pt"
+        path.parent.mkdir()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, cwd=tmp_path
+        )
+        writers.append((path, proc))
+    try:
+        for _, proc in writers:
+            assert proc.stdout is not None and proc.stdout.readline() == b"first\n"
+            time.sleep(rng.uniform(0.0, 0.3))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert proc.returncode == -signal.SIGKILL
+    finally:
+        for _, proc in writers:
+            proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    base = torch.arange(1_000_000, dtype=torch.float64)
+    for path, _ in writers:
+        ckpt = artifacts.load_checkpoint(path)  # the previous or the new version, whole
+        assert ckpt["version"] >= 1
+        assert torch.equal(ckpt["data"], base + ckpt["version"])
+        others = {p.name for p in path.parent.iterdir()} - {path.name}
+        # at most the interrupted write's temporary file, never under the final name
+        assert all(name.startswith(".state.pt.") and name.endswith(".tmp") for name in others)
+
+
+# --- bit-identical reruns ---------------------------------------------------------------------
+
+
+def test_cv_worker_processes_do_not_change_results(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        args = [
+            "cv",
+            "--train-csv",
+            str(hw01_files["train"]),
+            "--test-csv",
+            str(hw01_files["test"]),
+            "--folds",
+            "2",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "16",
+            "--dropout",
+            "0.1",
+            # batch norm keeps cv on its one-fold-after-another path, where the DataLoader (and
+            # so its worker processes) feeds the batches
+            "--batch-norm",
+            "--num-workers",
+            workers,
+            "--predict",
+            "--out",
+            str(out),
+            "-q",
+        ]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.stderr
+        runs[workers] = out
+    w0, w2 = runs["0"], runs["2"]
+
+    def without_seconds(path: Path) -> list[list[str]]:
+        return [line.split(",")[:-1] for line in path.read_text().splitlines()]
+
+    assert without_seconds(w0 / "cv.csv") == without_seconds(w2 / "cv.csv")
+    assert (w0 / "pred.csv").read_bytes() == (w2 / "pred.csv").read_bytes()
+    for k in (1, 2):
+        assert state_dicts_equal(w0 / f"fold_{k}/model.pt", w2 / f"fold_{k}/model.pt")
+
+
+# --- provenance -------------------------------------------------------------------------------
+
+
+def test_metrics_record_where_a_run_came_from(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    extra = ("--seed", "9", "--no-deterministic", "--epochs", "3", "-q")
+    assert runner.invoke(app, train_args(hw01_files, out, *extra)).exit_code == 0
+    env = json.loads((out / "metrics.json").read_text())["environment"]
+    assert (env["seed"], env["deterministic"]) == (9, False)
+    assert env["torch"] == torch.__version__
+    assert env["numpy"] == np.__version__
+    assert env["python"] == platform.python_version()
+    assert env["device"] == str(resolve_device("auto"))
+    assert "git_commit" in env
+    assert env["git_commit"] is None or len(env["git_commit"]) == 40
+    assert env["git_commit"] == artifacts.git_commit()
+    # the checkpoint carries the same record
+    ckpt = artifacts.load_checkpoint(out / "model.pt")
+    assert ckpt["metrics"]["environment"]["seed"] == 9
+
+    cv_out = tmp_path / "cv"
+    cv_args = ["cv", "--train-csv", str(hw01_files["train"]), "--folds", "2", "--epochs", "2"]
+    cv_args += ["--batch-size", "16", "--seed", "5", "--out", str(cv_out), "-q"]
+    assert runner.invoke(app, cv_args).exit_code == 0
+    cv_env = json.loads((cv_out / "summary.json").read_text())["environment"]
+    assert (cv_env["seed"], cv_env["deterministic"]) == (5, True)
+    for key in ("torch", "numpy", "python", "device", "git_commit"):
+        assert key in cv_env, key
+
+
+# --- bad inputs -------------------------------------------------------------------------------
+
+
+def _edit_cell(src: Path, dest: Path, row: int, col: int, value: str) -> Path:
+    lines = src.read_text().splitlines()
+    cells = lines[row].split(",")
+    cells[col] = value
+    lines[row] = ",".join(cells)
+    dest.write_text("\n".join(lines) + "\n")
+    return dest
+
+
+def _edit_columns(src: Path, dest: Path, change: str) -> Path:
+    rows = [line.split(",") for line in src.read_text().splitlines()]
+    if change == "drop":  # day 1's wearing_mask (column 46), header and every row
+        rows = [row[:45] + row[46:] for row in rows]
+    else:  # one more column at the end
+        rows = [[*row, "extra" if i == 0 else "1"] for i, row in enumerate(rows)]
+    dest.write_text("\n".join(",".join(row) for row in rows) + "\n")
+    return dest
+
+
+def _unwritable_out(tmp_path: Path) -> tuple[Path, str]:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if not os.access(locked, os.W_OK):
+        return locked / "run", "is not writable"
+    # root ignores the mode bits: a path under a regular file is unwritable for anyone
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    return blocker / "run", "is a file, not a directory"
+
+
+# case -> a fragment of its one-line message (on the 4 states x 30 windows synthetic file)
+BAD_INPUTS: dict[str, str] = {
+    "missing file": "does not exist; check the path",
+    "empty file": "is empty; expected the HW01 CSV with a header row",
+    "directory as file": "is a directory; pass the path of a CSV file",
+    "missing column": "column 46 is 'travel_outside_state', expected 'wearing_mask'",
+    "extra column": "extra column 96 is 'extra'",
+    "non-numeric cell": "line 4 (data row 3), column 'cli_d1' (column 42): 'abc', not a finite",
+    "NaN cell": "line 4 (data row 3), column 'cli_d1' (column 42): 'nan', not a finite number",
+    "inf cell": "line 6 (data row 5), column 'tested_positive_d3' (column 95): 'inf', not a",
+    "test file with the target (--test-csv)": "has the target column",
+    "train file without the target (--train-csv)": "has no target column",
+    "resume: another tool's checkpoint": "is not a covidreg checkpoint (no covidreg header)",
+    "resume: truncated training_state.pt": "cannot be read (truncated or damaged PyTorch file",
+    "resume: a finished run": "nothing to resume",
+    "config: unknown key": "unknown config key 'epoch'",
+    "config: wrong type": "config key 'epochs' in",
+    "negative epochs": "config key 'epochs' must be a positive integer, got -5",
+    "zero epochs": "config key 'epochs' must be a positive integer, got 0",
+    "batch size larger than the data": "batch_size 5000 is larger than the 88 training rows",
+    "unwritable output directory": "",  # chmod 0o500, or a path under a file when root
+    "learning rate that diverges in epoch 1": "training diverged at epoch 1",
+}
+
+
+def _build_bad_input(
+    case: str, files: dict[str, Path], tmp_path: Path
+) -> tuple[list[str], Path, str]:
+    """The arguments of ``covidreg train`` for one bad input, its --out, and the message."""
+    out = tmp_path / "run"
+    args = train_args(files, out)
+    expected = BAD_INPUTS[case]
+    train = files["train"]
+    if case == "missing file":
+        args += ["--train-csv", str(tmp_path / "nope.csv")]
+    elif case == "empty file":
+        (tmp_path / "empty.csv").write_text("")
+        args += ["--train-csv", str(tmp_path / "empty.csv")]
+    elif case == "directory as file":
+        (tmp_path / "a_dir.csv").mkdir()
+        args += ["--train-csv", str(tmp_path / "a_dir.csv")]
+    elif case == "missing column":
+        args += ["--train-csv", str(_edit_columns(train, tmp_path / "m.csv", "drop"))]
+    elif case == "extra column":
+        args += ["--train-csv", str(_edit_columns(train, tmp_path / "x.csv", "extra"))]
+    elif case == "non-numeric cell":
+        args += ["--train-csv", str(_edit_cell(train, tmp_path / "b.csv", 3, 41, "abc"))]
+    elif case == "NaN cell":
+        args += ["--train-csv", str(_edit_cell(train, tmp_path / "b.csv", 3, 41, "nan"))]
+    elif case == "inf cell":
+        args += ["--train-csv", str(_edit_cell(train, tmp_path / "b.csv", 5, 94, "inf"))]
+    elif case == "test file with the target (--test-csv)":
+        args += ["--test-csv", str(train)]
+    elif case == "train file without the target (--train-csv)":
+        args += ["--train-csv", str(files["test"])]
+    elif case == "resume: another tool's checkpoint":
+        (tmp_path / "foreign").mkdir()
+        torch.save({"epoch": 5, "model": {"w": torch.ones(2)}}, tmp_path / "foreign" / STATE_FILE)
+        args = ["train", "--resume", str(tmp_path / "foreign")]
+    elif case == "resume: truncated training_state.pt":
+        state = interrupted_run_dir(files, tmp_path / "cut") / STATE_FILE
+        whole = state.read_bytes()
+        state.write_bytes(whole[: len(whole) // 2])
+        args = ["train", "--resume", str(state.parent)]
+    elif case == "resume: a finished run":
+        done = tmp_path / "done"
+        assert runner.invoke(app, train_args(files, done, "--epochs", "2", "-q")).exit_code == 0
+        args = ["train", "--resume", str(done)]
+    elif case == "config: unknown key":
+        (tmp_path / "c.toml").write_text("epoch = 3\n")
+        args += ["--config", str(tmp_path / "c.toml")]
+    elif case == "config: wrong type":
+        (tmp_path / "c.toml").write_text('epochs = "ten"\n')
+        args += ["--config", str(tmp_path / "c.toml")]
+    elif case == "negative epochs":
+        args += ["--epochs", "-5"]
+    elif case == "zero epochs":
+        args += ["--epochs", "0"]
+    elif case == "batch size larger than the data":
+        args += ["--batch-size", "5000"]
+    elif case == "unwritable output directory":
+        out, expected = _unwritable_out(tmp_path)
+        args += ["--out", str(out)]
+    elif case == "learning rate that diverges in epoch 1":
+        # -q: the progress display has started by then; the error is still its own last line
+        args += ["--optimizer", "sgd", "--lr", "1e3", "--device", "cpu", "-q"]
+    return args, out, expected
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_1_and_writes_nothing(
+    case: str, hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    args, out, expected = _build_bad_input(case, hw01_files, tmp_path)
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not out.exists()
+    assert snapshot(tmp_path) == before, "nothing may be written for bad input"
+
+
+# --- divergence -------------------------------------------------------------------------------
+
+
+def test_divergence_after_epoch_1_stops_and_keeps_finite_best_weights(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    extra = ("--optimizer", "sgd", "--lr", "3", "--momentum", "0.9", "--epochs", "30")
+    result = runner.invoke(app, train_args(hw01_files, out, *extra, "--device", "cpu"))
+    assert result.exit_code == 0, result.stderr
+    assert "warning:" in result.stderr and "training diverged at epoch" in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stop_reason"] == "diverged"
+    assert 1 <= metrics["epochs_run"] < 30
+    assert f"diverged at epoch {metrics['epochs_run'] + 1}" in result.stderr
+    assert np.isfinite(metrics["valid_mse"])
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs_run"]
+    weights = artifacts.load_checkpoint(out / "model.pt")["state_dict"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+    history = (out / "history.csv").read_text().splitlines()[1:]
+    assert len(history) == metrics["epochs_run"]
+    values = [float(v) for line in history for v in line.split(",")[1:]]
+    assert np.isfinite(values).all(), "a diverged epoch is not recorded"
+    pred = [float(line.split(",")[1]) for line in (out / "pred.csv").read_text().splitlines()[1:]]
+    assert np.isfinite(pred).all()
