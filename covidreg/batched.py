@@ -38,6 +38,7 @@ from covidreg.train import (
     FitResult,
     build_optimizer,
     build_scheduler,
+    divergence_message,
     resolve_device,
     seed_everything,
     set_threads,
@@ -536,15 +537,7 @@ class _BatchedTrainer:
         """Stop the fold as Trainer.fit does; with no finite epoch at all, fail as it does."""
         fold.running = False
         fold.stop_reason = "diverged"
-        kept = (
-            f"kept the best weights (epoch {fold.stopper.best_epoch})"
-            if fold.history
-            else "no epoch finished with a finite loss"
-        )
-        fold.message = (
-            f"training diverged at epoch {record.epoch} (train loss {record.train_loss:g}, "
-            f"valid loss {record.valid_loss:g}); {kept} — try a lower --lr"
-        )
+        fold.message = divergence_message(record, fold.stopper.best_epoch if fold.history else None)
         if not fold.history:
             raise CovidRegError(fold.message)
 

@@ -258,6 +258,19 @@ class TrainingState:
     seconds: float = 0.0
 
 
+def divergence_message(record: EpochRecord, best_epoch: int | None) -> str:
+    """What to tell the user when a loss became NaN or infinite."""
+    kept = (
+        f"kept the best weights (epoch {best_epoch})"
+        if best_epoch is not None
+        else "no epoch finished with a finite loss"
+    )
+    return (
+        f"training diverged at epoch {record.epoch} (train loss {record.train_loss:g}, "
+        f"valid loss {record.valid_loss:g}); {kept} — try a lower --lr"
+    )
+
+
 def _current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
@@ -317,15 +330,8 @@ class Trainer:
             record = self._epoch(epoch)
             if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
                 stop_reason = "diverged"
-                kept = (
-                    f"kept the best weights (epoch {self.stopper.best_epoch})"
-                    if self.state.best_state is not None
-                    else "no epoch finished with a finite loss"
-                )
-                message = (
-                    f"training diverged at epoch {epoch} (train loss {record.train_loss:g}, "
-                    f"valid loss {record.valid_loss:g}); {kept} — try a lower --lr"
-                )
+                best = self.stopper.best_epoch if self.state.best_state is not None else None
+                message = divergence_message(record, best)
                 break
             self.state.history.append(record)
             if self.stopper.step(record.valid_loss, epoch):
