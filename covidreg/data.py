@@ -78,11 +78,10 @@ def _check_path(path: Path, what: str) -> None:
     if path.is_dir():
         raise CovidRegError(f"{what} {path} is a directory; pass the path of a CSV file")
     if not path.exists():
-        hint = (
-            "run 'covidreg fetch' to download the HW01 files"
-            if path.parent.name == "data"
-            else "check the path"
-        )
+        from covidreg.fetch import DATA_HELP
+
+        # the HW01 files under their own names: the user most likely has not fetched them yet
+        hint = DATA_HELP if path.name in ("covid.train.csv", "covid.test.csv") else "check the path"
         raise CovidRegError(f"{what} {path} does not exist; {hint}")
     if path.stat().st_size == 0:
         raise CovidRegError(f"{what} {path} is empty; expected the HW01 CSV with a header row")

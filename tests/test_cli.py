@@ -301,3 +301,16 @@ def test_usage_errors_are_one_line_with_exit_code_1(args: list[str], expected: s
     assert out.returncode == 1
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
     assert expected in out.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_missing_default_data_points_at_fetch(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [command])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert "data/covid.train.csv does not exist" in result.stderr
+    assert "'covidreg fetch'" in result.stderr and "--from DIR" in result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing may be written"
