@@ -12,7 +12,8 @@ measured speed-up is, if anything, understated):
 - early stopping is off: exactly ``--epochs`` epochs run;
 - no ``torch.save`` of the model on each dev improvement, and no printing.
 
-Run by ``bench/bench.py`` in its own process; prints one JSON line with the loop's own seconds.
+Run by ``bench/bench.py`` in its own process; prints one JSON line with the loop's own seconds
+and torch's thread count.
 """
 
 from __future__ import annotations
@@ -118,7 +119,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-csv", required=True)
     parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
     args = parser.parse_args()
+    if args.threads > 0:  # the course code never set it; only for comparisons
+        torch.set_num_threads(args.threads)
 
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
@@ -134,7 +138,8 @@ def main() -> None:
     start = time.perf_counter()
     min_mse = train(tr_loader, dv_loader, model, args.epochs, device)
     seconds = time.perf_counter() - start
-    print(json.dumps({"epochs_run": args.epochs, "seconds": seconds, "min_dev_mse": min_mse}))
+    report = {"epochs_run": args.epochs, "seconds": seconds, "min_dev_mse": min_mse}
+    print(json.dumps({**report, "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":
