@@ -84,13 +84,13 @@ class Config:
         "data",
     )
     target: str = _opt(
-        "level",
+        "delta",
         "What the network predicts: level (tested_positive of day 3) or delta "
         "(its change from tested_positive_d2, added back by a skip connection).",
         "data",
     )
     # --- model ---
-    hidden: list[int] = _opt([32, 8], "Hidden layer sizes, e.g. 64 or 64,16.", "model")
+    hidden: list[int] = _opt([16], "Hidden layer sizes, e.g. 64 or 64,16.", "model")
     activation: str = _opt(
         "relu", "Activation: relu, leaky_relu, tanh, sigmoid, gelu, selu.", "model"
     )

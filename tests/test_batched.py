@@ -197,7 +197,7 @@ def test_dropout_is_applied_in_training_only(train_csv: str) -> None:
 def test_dropout_masks_are_independent_per_fold_and_unbiased() -> None:
     """Statistical equivalence with nn.Dropout: the same fold weights get different masks in
     different folds, and the mean over masks is the eval-mode output (inverted dropout)."""
-    cfg = Config(hidden=[32], dropout=0.5)
+    cfg = Config(hidden=[32], dropout=0.5, target="level")
     torch.manual_seed(0)
     model = build_model(cfg, ["a", "b", "c"])
     net = batched._StackedMLP([model, model], cfg, torch.device("cpu"))
@@ -280,7 +280,9 @@ def test_on_epoch_mean_averages_the_running_folds_and_may_abort(train_csv: str) 
 
 
 def test_divergence_is_reported_as_the_sequential_loop_does(train_csv: str) -> None:
-    cfg = make_cfg(train_csv, optimizer="sgd", lr=10.0, momentum=0.0, normalize=False)
+    cfg = make_cfg(
+        train_csv, optimizer="sgd", lr=10.0, momentum=0.0, normalize=False, target="level"
+    )
     with pytest.raises(CovidRegError, match="diverged at epoch 1") as expected:
         sequential(cfg)
     with pytest.raises(CovidRegError, match="diverged at epoch 1") as got:

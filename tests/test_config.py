@@ -89,10 +89,10 @@ def test_defaults_are_the_recommended_setup() -> None:
     assert cfg.split == "blocked"
     assert cfg.valid_ratio == 0.2
     assert cfg.purge == 2
-    assert cfg.hidden == [32, 8]
+    assert cfg.hidden == [16]
     assert (cfg.optimizer, cfg.lr) == ("adam", 1e-3)
     assert (cfg.epochs, cfg.patience, cfg.batch_size) == (3000, 300, 64)
-    assert cfg.target == "level"
+    assert cfg.target == "delta"
     assert cfg.deterministic is True
 
 
@@ -100,7 +100,7 @@ def test_list_defaults_are_not_shared_between_configs() -> None:
     first = Config()
     first.hidden.append(4)
     first.features.append("cli_d1")
-    assert Config().hidden == [32, 8]
+    assert Config().hidden == [16]
     assert Config().features == ["strong"]
 
 

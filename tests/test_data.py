@@ -400,14 +400,15 @@ def test_directory_as_file(tmp_path: Path) -> None:
         read_hw01_csv(tmp_path)
 
 
-def test_nonexistent_file_hints_at_fetch_in_data_dir(tmp_path: Path) -> None:
-    elsewhere = tmp_path / "covid.train.csv"
+def test_nonexistent_file_hints_at_fetch_for_the_hw01_names(tmp_path: Path) -> None:
+    other = tmp_path / "mine.csv"
     with pytest.raises(CovidRegError, match="does not exist; check the path") as info:
-        read_hw01_csv(elsewhere)
-    assert str(elsewhere) in str(info.value)
-    in_data = tmp_path / "data" / "covid.train.csv"
-    with pytest.raises(CovidRegError, match="does not exist; run 'covidreg fetch'"):
-        read_hw01_csv(in_data)
+        read_hw01_csv(other)
+    assert str(other) in str(info.value)
+    for name in ("covid.train.csv", "covid.test.csv"):
+        with pytest.raises(CovidRegError, match="does not exist; get the HW01 files") as info:
+            read_hw01_csv(tmp_path / "data" / name)
+        assert "'covidreg fetch'" in str(info.value) and "--from DIR" in str(info.value)
 
 
 # --- property: the loader fails only with CovidRegError ------------------------------------------

@@ -428,6 +428,7 @@ def test_divergence_after_epoch_1_stops_and_keeps_finite_best_weights(
 ) -> None:
     out = tmp_path / "run"
     extra = ("--optimizer", "sgd", "--lr", "3", "--momentum", "0.9", "--epochs", "30")
+    extra += ("--target", "level", "--hidden", "32,8")  # diverges after epoch 1 on this data
     result = runner.invoke(app, train_args(hw01_files, out, *extra, "--device", "cpu"))
     assert result.exit_code == 0, result.stderr
     assert "warning:" in result.stderr and "training diverged at epoch" in result.stderr
