@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from covidreg.config import Config
 from covidreg.errors import CovidRegError
@@ -29,6 +31,63 @@ _GAIN_NAME = {
     "selu": "selu",
 }
 _LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default negative slope
+# torch.selu is elu with these constants (ATen's SELU_ALPHA, SELU_SCALE), so its gradient is elu's.
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+_aten = torch.ops.aten
+# (activation module, grad wrt its output, its input, its output) -> grad wrt its input
+ActivationBackward = Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
+
+
+def _relu_backward(module: nn.Module, grad: Tensor, pre: Tensor, post: Tensor) -> Tensor:
+    return _aten.threshold_backward(grad, post, 0)
+
+
+def _leaky_relu_backward(module: nn.Module, grad: Tensor, pre: Tensor, post: Tensor) -> Tensor:
+    return _aten.leaky_relu_backward(grad, pre, module.negative_slope, False)
+
+
+def _tanh_backward(module: nn.Module, grad: Tensor, pre: Tensor, post: Tensor) -> Tensor:
+    return _aten.tanh_backward(grad, post)
+
+
+def _sigmoid_backward(module: nn.Module, grad: Tensor, pre: Tensor, post: Tensor) -> Tensor:
+    return _aten.sigmoid_backward(grad, post)
+
+
+def _gelu_backward(module: nn.Module, grad: Tensor, pre: Tensor, post: Tensor) -> Tensor:
+    return _aten.gelu_backward(grad, pre, approximate=module.approximate)
+
+
+def _selu_backward(module: nn.Module, grad: Tensor, pre: Tensor, post: Tensor) -> Tensor:
+    return _aten.elu_backward(grad, _SELU_ALPHA, _SELU_SCALE, 1.0, False, pre)
+
+
+# The ATen kernel autograd itself runs for each activation's backward (so the hand-written
+# gradients agree with autograd's bit for bit), with the module's own constants.
+ACTIVATION_BACKWARD: dict[type[nn.Module], ActivationBackward] = {
+    nn.ReLU: _relu_backward,
+    nn.LeakyReLU: _leaky_relu_backward,
+    nn.Tanh: _tanh_backward,
+    nn.Sigmoid: _sigmoid_backward,
+    nn.GELU: _gelu_backward,
+    nn.SELU: _selu_backward,
+}
+
+
+class _HiddenLayer(NamedTuple):
+    """One hidden layer as the hand-written training step sees it."""
+
+    linear: nn.Linear
+    activation: nn.Module
+    activation_backward: ActivationBackward
+    dropout: float  # 0: no dropout layer
+
+
+# What a hidden layer's backward needs from its forward: its inputs, the activation's input and
+# output, and dropout's scaled keep mask (None without dropout). Plain tuples: made every step.
+_Saved = tuple[Tensor, Tensor, Tensor, Tensor | None]
 
 
 class MLP(nn.Module):
@@ -66,6 +125,10 @@ class MLP(nn.Module):
             width = size
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, 1)
+        # batch norm's backward is not written out by hand: such a model trains with autograd
+        self.supports_manual_grads = not batch_norm
+        self._hidden_layers: list[_HiddenLayer] | None = None  # built on first use
+        self._one: torch.Tensor | None = None
 
     def set_normalization(self, mean: np.ndarray, std: np.ndarray) -> None:
         self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -76,6 +139,115 @@ class MLP(nn.Module):
         if self.skip_index is not None:
             out = out + x[:, self.skip_index]
         return out
+
+    def loss_and_grads(
+        self, x: torch.Tensor, y: torch.Tensor, l1: float = 0.0, l2: float = 0.0
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The batch's plain MSE and the gradients of MSE + penalty, in ``parameters()`` order.
+
+        The forward of ``forward`` and, step by step, the backward autograd would run (the same
+        ATen kernels on the same operands, so the gradients are bit-identical), without
+        recording a graph: on a network this small a training step is mostly per-operation
+        overhead, and autograd's share of it is the larger part. The penalty is
+        ``train.penalty``'s, ``l2 * sum(W**2) + l1 * sum(|W|)`` over the weight matrices. In
+        training mode dropout draws from the global RNG exactly as ``nn.Dropout`` does on the
+        CPU (on a GPU ``nn.Dropout`` runs a fused kernel with other masks, so the training loop
+        uses this on the CPU only).
+        """
+        if not self.supports_manual_grads:
+            raise CovidRegError("hand-written gradients do not cover batch_norm; use autograd")
+        layers = self._layers()
+        with torch.no_grad():
+            saved, head_inputs, out = self._manual_forward(x, layers)
+            mse = torch._C._nn.mse_loss(out, y, 1)  # F.mse_loss's kernel; 1: reduction "mean"
+            grad_out = _aten.mse_loss_backward(self._unit_grad(out), out, y, 1)
+            grads = self._manual_backward(layers, saved, head_inputs, grad_out)
+            if l1 or l2:
+                self._add_penalty_grads(layers, grads, l1, l2)
+        return mse, grads
+
+    def _layers(self) -> list[_HiddenLayer]:
+        """``body`` read once as (Linear, activation[, Dropout]) layers; batch norm excluded."""
+        if self._hidden_layers is None:
+            modules = list(self.body)
+            layers = []
+            for i, linear in enumerate(modules):
+                if isinstance(linear, nn.Linear):
+                    activation = modules[i + 1]
+                    after = modules[i + 2] if i + 2 < len(modules) else None
+                    p = after.p if isinstance(after, nn.Dropout) else 0.0
+                    backward = ACTIVATION_BACKWARD[type(activation)]
+                    layers.append(_HiddenLayer(linear, activation, backward, p))
+            self._hidden_layers = layers
+        return self._hidden_layers
+
+    def _unit_grad(self, like: torch.Tensor) -> torch.Tensor:
+        """The loss's own gradient, 1, kept between steps."""
+        one = self._one
+        if one is None or one.device != like.device or one.dtype != like.dtype:
+            one = self._one = like.new_ones(())
+        return one
+
+    def _manual_forward(
+        self, x: torch.Tensor, layers: list[_HiddenLayer]
+    ) -> tuple[list[_Saved], torch.Tensor, torch.Tensor]:
+        """``forward`` op for op, keeping what the backward needs."""
+        a = (x - self.input_mean) / self.input_std
+        saved: list[_Saved] = []
+        for linear, activation, _, p in layers:
+            pre = nn.functional.linear(a, linear.weight, linear.bias)
+            post = activation.forward(pre)
+            noise = None
+            if p and self.training:
+                # nn.Dropout on the CPU runs at::dropout's unfused path: these ops, this order
+                noise = torch.empty_like(post).bernoulli_(1 - p).div_(1 - p)
+            saved.append((a, pre, post, noise))
+            a = post if noise is None else post * noise
+        out = nn.functional.linear(a, self.head.weight, self.head.bias).squeeze(-1)
+        if self.skip_index is not None:
+            out = out + x[:, self.skip_index]  # the delta target: no parameter gradient
+        return saved, a, out
+
+    def _manual_backward(
+        self,
+        layers: list[_HiddenLayer],
+        saved: list[_Saved],
+        head_inputs: torch.Tensor,
+        grad_out: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """Autograd's backward from the output down, the kernels of each node's formula."""
+        grad = grad_out.unsqueeze(-1)  # squeeze's backward
+        # addmm's backward for a weight used transposed (grad^T @ inputs); the bias's is the
+        # sum over the rows. Collected head first, reversed at the end.
+        grads = [grad.sum(0), grad.t().mm(head_inputs)]
+        weight = self.head.weight
+        for (linear, activation, activation_backward, _), (inputs, pre, post, noise) in zip(
+            reversed(layers), reversed(saved), strict=True
+        ):
+            grad = grad.mm(weight)
+            if noise is not None:
+                grad = grad * noise
+            grad = activation_backward(activation, grad, pre, post)
+            grads += (grad.sum(0), grad.t().mm(inputs))
+            weight = linear.weight
+        grads.reverse()
+        return grads
+
+    def _add_penalty_grads(
+        self, layers: list[_HiddenLayer], grads: list[torch.Tensor], l1: float, l2: float
+    ) -> None:
+        """Add the penalty's gradients to the weights' (as autograd does: penalty ones first)."""
+        linears = [layer.linear for layer in layers] + [self.head]
+        for i, linear in enumerate(linears):
+            w = linear.weight
+            # abs's gradient is sign (with sign(0) = 0), pow(2)'s is 2 * W
+            if l1 and l2:
+                penalty_grad = w.sign() * l1 + w * (2 * l2)
+            elif l1:
+                penalty_grad = w.sign() * l1
+            else:
+                penalty_grad = w * (2 * l2)
+            grads[2 * i] = penalty_grad + grads[2 * i]
 
 
 def skip_index_for(cfg: Config, feature_names: list[str]) -> int | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import pickle
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ from torch import nn
 from covidreg.config import CHOICES, Config
 from covidreg.errors import CovidRegError
 from covidreg.model import (
+    ACTIVATION_BACKWARD,
     ACTIVATIONS,
     MLP,
     build_model,
@@ -23,6 +26,7 @@ from covidreg.model import (
     rmse,
     skip_index_for,
 )
+from covidreg.train import penalty
 
 STRONG = [
     *(f"{n}_d{d}" for d in (1, 2, 3) for n in ("cli", "ili", "hh_cmnty_cli", "nohh_cmnty_cli")),
@@ -86,6 +90,7 @@ def test_activation_by_name(name: str, module: type[nn.Module]) -> None:
 
 def test_every_configurable_activation_has_a_module() -> None:
     assert set(CHOICES["activation"]) == set(ACTIVATIONS)
+    assert set(ACTIVATION_BACKWARD) == set(ACTIVATIONS.values())  # and a hand-written gradient
 
 
 def test_unknown_activation() -> None:
@@ -299,7 +304,7 @@ def test_delta_target_needs_tested_positive_d2() -> None:
 
 def test_normalization_is_applied_in_forward_and_saved() -> None:
     torch.manual_seed(5)
-    model = build_model(config(hidden=[8]), STRONG)
+    model = build_model(config(hidden=[8], target="level"), STRONG)
     rng = np.random.default_rng(0)
     mean, std = rng.normal(10, 3, 14), rng.uniform(0.5, 4, 14)
     x = torch.randn(7, 14) * 4 + 10
@@ -314,10 +319,123 @@ def test_normalization_is_applied_in_forward_and_saved() -> None:
     state = model.state_dict()
     torch.testing.assert_close(state["input_mean"], torch.tensor(mean, dtype=torch.float32))
     torch.testing.assert_close(state["input_std"], torch.tensor(std, dtype=torch.float32))
-    rebuilt = build_model(config(hidden=[8]), STRONG)
+    rebuilt = build_model(config(hidden=[8], target="level"), STRONG)
     rebuilt.load_state_dict(state)
     assert torch.equal(rebuilt(x), model(x))
     assert "input_mean" not in dict(model.named_parameters())
+
+
+# --- hand-written gradients ----------------------------------------------------------------------
+
+
+def autograd_loss_and_grads(
+    model: MLP, x: torch.Tensor, y: torch.Tensor, l1: float, l2: float
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """What train_one_epoch's autograd path computes for one batch."""
+    model.zero_grad(set_to_none=True)
+    mse = nn.functional.mse_loss(model(x), y)
+    extra = penalty(model, l1, l2)
+    (mse if extra is None else mse + extra).backward()
+    grads = [p.grad for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return mse.detach(), [g for g in grads if g is not None]
+
+
+def gradient_case(
+    activation: str, dropout: float, target: str, hidden: list[int], rows: int = 40
+) -> tuple[MLP, torch.Tensor, torch.Tensor]:
+    """A model with fitted-looking statistics, some zero weights (sign(0) = 0), and a batch."""
+    torch.manual_seed(11)
+    model = build_model(
+        config(activation=activation, dropout=dropout, target=target, hidden=hidden), STRONG
+    )
+    rng = np.random.default_rng(2)
+    model.set_normalization(rng.normal(10, 3, 14), rng.uniform(0.5, 4, 14))
+    with torch.no_grad():
+        model.body[0].weight[:2, :5] = 0.0
+        model.head.weight[0, :1] = 0.0
+    x = torch.randn(rows, 14) * 4 + 10
+    y = torch.randn(rows) * 3 + 12
+    return model, x, y
+
+
+PENALTIES = {"none": (0.0, 0.0), "l1": (0.03, 0.0), "l2": (0.0, 0.05), "l1+l2": (0.03, 0.05)}
+
+
+@pytest.mark.parametrize("hidden", [[16], [16, 8]], ids=["1-layer", "2-layers"])
+@pytest.mark.parametrize("penalty_name", list(PENALTIES))
+@pytest.mark.parametrize("target", ["level", "delta"])
+# with p = 0.15, 1 / (1 - p) rounds differently in float32 and float64: only nn.Dropout's own
+# CPU ops (mask / (1 - p), then input * mask) give its outputs to the last bit
+@pytest.mark.parametrize("dropout", [0.0, 0.15], ids=["no-dropout", "dropout"])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_hand_written_gradients_equal_autograds(
+    activation: str, dropout: float, target: str, penalty_name: str, hidden: list[int]
+) -> None:
+    model, x, y = gradient_case(activation, dropout, target, hidden)
+    assert model.supports_manual_grads
+    l1, l2 = PENALTIES[penalty_name]
+    model.train()
+    torch.manual_seed(5)
+    expected_mse, expected = autograd_loss_and_grads(model, x, y, l1, l2)
+    rng_after_autograd = torch.get_rng_state()
+    torch.manual_seed(5)
+    mse, grads = model.loss_and_grads(x, y, l1, l2)
+    # dropout draws the same masks from the global RNG, and leaves it in the same state
+    assert torch.equal(torch.get_rng_state(), rng_after_autograd)
+    assert torch.equal(mse, expected_mse)  # the plain MSE, without the penalty
+    assert [g.shape for g in grads] == [p.shape for p in model.parameters()]
+    for name, got, want in zip(dict(model.named_parameters()), grads, expected, strict=True):
+        assert torch.equal(got, want), name
+    assert all(p.grad is None for p in model.parameters())  # nothing recorded or accumulated
+    assert not mse.requires_grad and not any(g.requires_grad for g in grads)
+
+
+@pytest.mark.parametrize(("rows", "hidden"), [(1, [16]), (7, [1]), (1, [3, 1])])
+def test_hand_written_gradients_for_degenerate_shapes(rows: int, hidden: list[int]) -> None:
+    model, x, y = gradient_case("relu", 0.0, "delta", hidden, rows=rows)
+    expected_mse, expected = autograd_loss_and_grads(model, x, y, 0.0, 0.0)
+    mse, grads = model.loss_and_grads(x, y)
+    assert torch.equal(mse, expected_mse)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_hand_written_gradients_in_eval_mode_skip_dropout() -> None:
+    model, x, y = gradient_case("tanh", 0.5, "level", [16, 8])
+    model.eval()
+    before = torch.get_rng_state()
+    mse, grads = model.loss_and_grads(x, y)
+    assert torch.equal(torch.get_rng_state(), before)  # no mask drawn
+    expected_mse, expected = autograd_loss_and_grads(model, x, y, 0.0, 0.0)
+    assert torch.equal(mse, expected_mse)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.equal(got, want)
+    model.train()
+    assert not torch.equal(model.loss_and_grads(x, y)[0], mse)  # and dropout does act in training
+
+
+def test_a_model_that_took_hand_written_steps_still_copies_and_pickles() -> None:
+    model, x, y = gradient_case("leaky_relu", 0.15, "delta", [16, 8])
+    model.loss_and_grads(x, y)
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert copied.body[0] is not model.body[0]
+        torch.manual_seed(0)
+        mse, grads = copied.loss_and_grads(x, y)
+        torch.manual_seed(0)
+        expected_mse, expected = model.loss_and_grads(x, y)
+        assert torch.equal(mse, expected_mse)
+        assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
+        with torch.no_grad():
+            copied.body[0].weight.add_(1.0)  # the copy's step reads the copy's own weights
+        assert not torch.equal(copied.loss_and_grads(x, y)[1][0], model.loss_and_grads(x, y)[1][0])
+
+
+def test_batch_norm_has_no_hand_written_gradients() -> None:
+    model = build_model(config(batch_norm=True, hidden=[8]), STRONG)
+    assert not model.supports_manual_grads
+    with pytest.raises(CovidRegError, match="batch_norm"):
+        model.loss_and_grads(torch.randn(4, 14), torch.randn(4))
 
 
 def test_rmse() -> None:

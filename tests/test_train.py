@@ -24,7 +24,7 @@ from covidreg.data import (
     resolve_features,
 )
 from covidreg.errors import CovidRegError
-from covidreg.model import build_model
+from covidreg.model import MLP, build_model
 from covidreg.train import (
     EarlyStopping,
     EpochRecord,
@@ -209,8 +209,15 @@ def test_output_lr_gives_the_head_its_own_group() -> None:
     assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in model.head.parameters()}
     body_params = [p for m in model.body for p in m.parameters()]
     assert {id(p) for p in groups["body"]["params"]} == {id(p) for p in body_params}
-    same = {g["name"]: g["lr"] for g in build_optimizer(model, config(lr=0.001)).param_groups}
-    assert same == {"body": 0.001, "head": 0.001}
+
+
+@pytest.mark.parametrize("output_lr", [0.0, 0.001], ids=["unset", "equal"])
+def test_one_group_without_a_separate_output_lr(output_lr: float) -> None:
+    cfg = config(lr=0.001, output_lr=output_lr, hidden=[8, 4])
+    model = build_model(cfg, NAMES)
+    groups = build_optimizer(model, cfg).param_groups
+    assert [(g["name"], g["lr"]) for g in groups] == [("all", 0.001)]
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in model.parameters()]
 
 
 def test_unknown_optimizer() -> None:
@@ -228,7 +235,7 @@ def test_unknown_optimizer() -> None:
         (
             "plateau",
             torch.optim.lr_scheduler.ReduceLROnPlateau,
-            {"factor": 0.25, "patience": 3, "min_lrs": [1e-5, 1e-5]},
+            {"factor": 0.25, "patience": 3, "min_lrs": [1e-5]},
         ),
     ],
 )
@@ -326,6 +333,67 @@ def test_valid_loss_never_includes_the_penalty(split: Split) -> None:
     assert result.best_valid_mse == pytest.approx(by_hand, rel=1e-6)
     extra = penalty(trainer.model, cfg.l1, cfg.l2).item()
     assert extra > 1e-2 * by_hand  # far beyond the tolerance: including it would show
+
+
+HAND_WRITTEN_CASES = {
+    "relu-level": {"target": "level"},
+    "tanh-dropout-delta-adam": {
+        "activation": "tanh",
+        "dropout": 0.3,
+        "target": "delta",
+        "hidden": [16, 8],
+        "optimizer": "adam",
+    },
+    "gelu-dropout-sgd": {"activation": "gelu", "dropout": 0.15, "optimizer": "sgd"},
+    "selu-output-lr": {"activation": "selu", "output_lr": 0.003, "hidden": [16, 8]},
+    "leaky-relu-l1": {"activation": "leaky_relu", "l1": 1e-3},
+    "sigmoid-l2-delta": {"activation": "sigmoid", "l2": 1e-2, "target": "delta"},
+    "relu-l1-l2-dropout": {"l1": 1e-3, "l2": 1e-2, "dropout": 0.3, "hidden": [16, 8]},
+}
+
+
+def count_hand_written_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    real = MLP.loss_and_grads
+
+    def counted(self: MLP, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MLP, "loss_and_grads", counted)
+    return calls
+
+
+@pytest.mark.parametrize("changes", list(HAND_WRITTEN_CASES.values()), ids=list(HAND_WRITTEN_CASES))
+def test_hand_written_gradients_train_exactly_like_autograd(
+    split: Split, monkeypatch: pytest.MonkeyPatch, changes: dict[str, Any]
+) -> None:
+    cfg = config(epochs=6, **changes)
+    calls = count_hand_written_steps(monkeypatch)
+    fast = make_trainer(cfg, split, seed=4)
+    fast_result = fast.fit()
+    rng_after_fast = torch.get_rng_state()
+    assert calls[0] == 6 * len(fast.loader)  # every step took the hand-written path
+    monkeypatch.setattr(train_module, "AUTOGRAD_ONLY", True)
+    slow = make_trainer(cfg, split, seed=4)
+    slow_result = slow.fit()
+    assert calls[0] == 6 * len(fast.loader)  # and this run none
+    assert_same_state(fast.model.state_dict(), slow.model.state_dict())
+    assert [vars(r) for r in fast_result.history] == [vars(r) for r in slow_result.history]
+    for fast_state, slow_state in zip(
+        fast.optimizer.state_dict()["state"].values(),
+        slow.optimizer.state_dict()["state"].values(),
+        strict=True,
+    ):
+        assert_same_state(fast_state, slow_state)
+    assert torch.equal(torch.get_rng_state(), rng_after_fast)  # the same dropout draws
+
+
+def test_batch_norm_trains_with_autograd(split: Split, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_hand_written_steps(monkeypatch)
+    result = make_trainer(config(batch_norm=True, epochs=3), split).fit()
+    assert calls[0] == 0
+    assert all(math.isfinite(r.train_loss) for r in result.history)
 
 
 def test_evaluate_is_in_eval_mode_without_gradients() -> None:
