@@ -119,7 +119,14 @@ def fit_model(
         device,
     )
     if resume_state is not None:
-        trainer.load_state_dict(resume_state)
+        try:
+            trainer.load_state_dict(resume_state)
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise CovidRegError(
+                f"the saved training state does not fit this model and optimizer ({reason}); "
+                "it was written by another covidreg version or config: start the run again"
+            ) from None
     result = trainer.fit(on_epoch=on_epoch, on_checkpoint=on_checkpoint)
     return FittedModel(trainer.model, result, trainer, mean, std)
 

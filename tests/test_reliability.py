@@ -446,3 +446,36 @@ def test_divergence_after_epoch_1_stops_and_keeps_finite_best_weights(
     assert np.isfinite(values).all(), "a diverged epoch is not recorded"
     pred = [float(line.split(",")[1]) for line in (out / "pred.csv").read_text().splitlines()[1:]]
     assert np.isfinite(pred).all()
+
+
+def test_resume_with_a_state_that_does_not_fit_is_a_clear_error(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A training state from another config/version (here: two optimizer groups) is refused."""
+    import torch
+
+    from covidreg import artifacts
+
+    out = tmp_path / "run"
+    args = train_args(hw01_files, out, "--epochs", "10", "--checkpoint-every", "5", "-q")
+    args += ["--output-lr", "0.01"]  # two parameter groups
+    assert runner.invoke(app, args).exit_code == 0
+    # rebuild a state as an interrupted run would have left it, but claim the one-group config
+    state = torch.load(out / "model.pt", weights_only=True)
+    from covidreg.config import from_dict
+    from covidreg.data import holdout_split
+    from covidreg.experiment import STATE_FILE, check_train_inputs, fit_model
+
+    cfg = from_dict({**state["config"], "epochs": 5, "checkpoint_every": 5})
+    data = check_train_inputs(cfg)
+    train_idx, valid_idx = holdout_split(data.train.states, cfg.split, cfg.valid_ratio)
+    fitted = fit_model(cfg, data, train_idx, valid_idx, cfg.seed)
+    payload = fitted.trainer.state_dict()
+    one_group = {**state["config"], "output_lr": 0.0}
+    artifacts.save_checkpoint(
+        out / STATE_FILE, {"kind": "training_state", "config": one_group, **payload}
+    )
+    result = runner.invoke(app, ["train", "--resume", str(out), "-q"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: the saved training state does not fit")
+    assert result.stderr.count("\n") == 1
