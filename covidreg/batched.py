@@ -31,7 +31,7 @@ from covidreg.config import Config
 from covidreg.data import Arrays, feature_columns, fit_standardization, select
 from covidreg.errors import CovidRegError
 from covidreg.experiment import FittedModel, LoadedData, OnEpoch, check_batch_size
-from covidreg.model import ACTIVATIONS, MLP, build_model
+from covidreg.model import ACTIVATION_BACKWARD, ACTIVATIONS, MLP, build_model
 from covidreg.train import (
     EarlyStopping,
     EpochRecord,
@@ -168,6 +168,24 @@ class _StackedMLP:
             bias = pieces[2 * i + 1].view(self.n_folds, 1, n_out)
             self.leaves += [weight.detach().requires_grad_(), bias.detach().requires_grad_()]
         self.ones = self.params.new_ones(self.n_folds)
+        self.activation_backward = ACTIVATION_BACKWARD[type(self.activation)]
+        # the hand-written step: on the CPU (where F.dropout runs the unfused ops copied here)
+        # or without dropout; GPU dropout's fused kernel draws other masks, so autograd there
+        self.manual_grads = self.dropout == 0 or device.type == "cpu"
+        # the gradient stack, rewritten every step; its per-layer views take the products
+        self.grad = torch.zeros_like(self.params)
+        grad_pieces = self.grad.split(self.sizes, dim=1)
+        self.grad_views = [
+            piece.view(self.n_folds, n_in, n_out) if j == 0 else piece.view(self.n_folds, 1, n_out)
+            for i, (n_in, n_out) in enumerate(self.shapes)
+            for j, piece in enumerate(grad_pieces[2 * i : 2 * i + 2])
+        ]
+        # each weight's [K, out, in] transpose (views: they follow the in-place updates), for
+        # the backward's grad @ W^T
+        self.weights_t = [w.detach().transpose(1, 2) for w in self.leaves[0::2]]
+        # the head's weight gradient [K, H, 1] as [K, 1, H]: grad^T @ inputs, the same sums
+        # as autograd's inputs^T @ grad, in a third of the time (a row times a matrix)
+        self.head_grad_row = self.grad_views[-2].view(self.n_folds, 1, self.shapes[-1][0])
 
     @staticmethod
     def _linears(model: MLP) -> list[nn.Linear]:
@@ -200,6 +218,69 @@ class _StackedMLP:
                     h = nn.functional.dropout(h, self.dropout, training=True)
         out = h.squeeze(-1)
         return out if skip is None else out + skip
+
+    def loss_and_gradient(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        skip: torch.Tensor | None,
+        row_weight: torch.Tensor,
+        manual: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training step's per-fold losses [K] (each fold's weighted batch MSE) and
+        d(sum of them)/d(params) [K, P].
+
+        By hand (``manual``, the default where ``manual_grads``): the forward of ``__call__``
+        and, step by step, the backward autograd runs over it (the same ATen kernels on the same
+        operands: ``baddbmm``'s backward is two ``bmm`` and a sum, the activations' are
+        ``ACTIVATION_BACKWARD``'s), without recording a graph. The returned gradient is a
+        buffer rewritten by the next step.
+        """
+        if manual is None:
+            manual = self.manual_grads
+        if not manual:
+            pred = self(x, skip, training=True)
+            per_fold = ((pred - y).square() * row_weight).sum(1)
+            return per_fold.detach(), self.gradient(per_fold)
+        with torch.no_grad():
+            return self._manual_step(x, y, skip, row_weight)
+
+    def _manual_step(
+        self, x: torch.Tensor, y: torch.Tensor, skip: torch.Tensor | None, row_weight: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        leaves, views = self.leaves, self.grad_views
+        last = len(self.shapes) - 1
+        saved = []
+        a = x
+        for i in range(last):
+            pre = torch.baddbmm(leaves[2 * i + 1], a, leaves[2 * i])
+            post = self.activation.forward(pre)  # the module's op, without its call overhead
+            noise = None
+            if self.dropout > 0:
+                # F.dropout on the CPU: at::dropout's unfused ops, in this order
+                noise = torch.empty_like(post).bernoulli_(1 - self.dropout).div_(1 - self.dropout)
+            saved.append((a, pre, post, noise))
+            a = post if noise is None else post * noise
+        out = torch.baddbmm(leaves[2 * last + 1], a, leaves[2 * last]).squeeze(-1)
+        if skip is not None:
+            out = out + skip
+        diff = out - y
+        per_fold = (diff.square() * row_weight).sum(1)
+        # sum's, mul's, square's (pow_backward: grad * (2 * diff)) and sub's backward, squeezed
+        grad = (row_weight * (diff * 2)).unsqueeze(-1)
+        # baddbmm's backward: self (broadcast over the rows): grad summed over them;
+        # batch2: batch1^T @ grad; batch1: grad @ batch2^T (not needed for the inputs)
+        torch.sum(grad, 1, keepdim=True, out=views[2 * last + 1])
+        torch.bmm(grad.transpose(1, 2), a, out=self.head_grad_row)
+        for i in range(last - 1, -1, -1):
+            inputs, pre, post, noise = saved[i]
+            grad = grad.bmm(self.weights_t[i + 1])
+            if noise is not None:
+                grad = grad * noise
+            grad = self.activation_backward(self.activation, grad, pre, post)
+            torch.sum(grad, 1, keepdim=True, out=views[2 * i + 1])
+            torch.bmm(inputs.transpose(1, 2), grad, out=views[2 * i])
+        return per_fold, self.grad
 
     def gradient(self, per_fold_loss: torch.Tensor) -> torch.Tensor:
         """d(sum of the folds' losses)/d(params) as a [K, P] stack: fold k's own gradient."""
@@ -570,15 +651,15 @@ class _BatchedTrainer:
         )
         total = self.params.new_zeros(len(self.folds))
         for s in range(batches.n_steps):
-            pred = self.net(x[s], None if skip is None else skip[s], training=True)
-            per_fold = ((pred - y[s]).square() * batches.row_weight[s]).sum(1)
-            grad = self.net.gradient(per_fold)
+            per_fold, grad = self.net.loss_and_gradient(
+                x[s], y[s], None if skip is None else skip[s], batches.row_weight[s]
+            )
             if self.l2_grad is not None:
                 grad.addcmul_(self.params, self.l2_grad)
             if self.l1_grad is not None:
                 grad.addcmul_(self.params.sign(), self.l1_grad)
             self.rule.update(self.params, grad, s)
-            total.addcmul_(per_fold.detach(), batches.rows[s])
+            total.addcmul_(per_fold, batches.rows[s])
         return total
 
     @torch.no_grad()
