@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from covidreg.config import Config
-from covidreg.data import Arrays, feature_columns, fit_standardization, select
+from covidreg.data import Arrays
 from covidreg.errors import CovidRegError
-from covidreg.experiment import FittedModel, LoadedData, OnEpoch, check_batch_size
-from covidreg.model import ACTIVATION_BACKWARD, ACTIVATIONS, MLP, build_model
+from covidreg.experiment import FittedModel, LoadedData, OnEpoch, prepare_model
+from covidreg.model import ACTIVATION_BACKWARD, ACTIVATIONS, MLP
 from covidreg.train import (
     EarlyStopping,
     EpochRecord,
@@ -40,8 +40,6 @@ from covidreg.train import (
     build_scheduler,
     divergence_message,
     resolve_device,
-    seed_everything,
-    set_threads,
 )
 
 Folds = Sequence[tuple[np.ndarray, np.ndarray]]
@@ -96,17 +94,10 @@ class _Fold:
 def _build_fold(
     cfg: Config, data: LoadedData, train_idx: np.ndarray, valid_idx: np.ndarray, seed: int
 ) -> _Fold:
-    """Seed, build and normalise exactly as ``experiment.fit_model`` does, in the same order."""
-    columns = feature_columns(data.feature_names)
-    train = select(data.train, columns, train_idx)
-    valid = select(data.train, columns, valid_idx)
-    check_batch_size(cfg, len(train))
-    set_threads(cfg.threads)
-    seed_everything(seed, cfg.deterministic)
-    model = build_model(cfg, data.feature_names)
-    mean, std = fit_standardization(train.x.astype(np.float64), data.feature_names)
-    if cfg.normalize:
-        model.set_normalization(mean, std)
+    """Seed, build and normalise exactly as ``experiment.fit_model`` does (same function)."""
+    prepared = prepare_model(cfg, data, train_idx, valid_idx, seed)
+    model, train, valid = prepared.model, prepared.train, prepared.valid
+    mean, std = prepared.mean, prepared.std
     lr_optimizer, scheduler = _lr_schedule(model, cfg)
     return _Fold(
         model=model,

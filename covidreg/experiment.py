@@ -17,6 +17,7 @@ from covidreg.baselines import persistence_predict, rmse
 from covidreg.config import Config, from_dict, to_dict, to_toml
 from covidreg.data import (
     TARGET,
+    Arrays,
     HW01Dataset,
     HW01Table,
     feature_columns,
@@ -28,7 +29,7 @@ from covidreg.data import (
     select,
 )
 from covidreg.errors import CovidRegError
-from covidreg.model import build_model, count_parameters, skip_index_for
+from covidreg.model import MLP, build_model, count_parameters, skip_index_for
 from covidreg.train import (
     EarlyStopping,
     EpochRecord,
@@ -77,6 +78,38 @@ def check_batch_size(cfg: Config, n_train: int) -> None:
 
 
 @dataclass
+class PreparedModel:
+    """A freshly initialised model and the rows it will train and validate on."""
+
+    model: MLP
+    train: Arrays
+    valid: Arrays
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def prepare_model(
+    cfg: Config, data: LoadedData, train_idx: np.ndarray, valid_idx: np.ndarray, seed: int
+) -> PreparedModel:
+    """Select the rows, seed, build the model and fit its normalisation on the training rows.
+
+    In this order, always: every training path (one model, folds trained together) starts
+    from the same weights for the same seed.
+    """
+    columns = feature_columns(data.feature_names)
+    train = select(data.train, columns, train_idx)
+    valid = select(data.train, columns, valid_idx)
+    check_batch_size(cfg, len(train))
+    set_threads(cfg.threads)
+    seed_everything(seed, cfg.deterministic)
+    model = build_model(cfg, data.feature_names)
+    mean, std = fit_standardization(train.x.astype(np.float64), data.feature_names)
+    if cfg.normalize:
+        model.set_normalization(mean, std)
+    return PreparedModel(model, train, valid, mean, std)
+
+
+@dataclass
 class FittedModel:
     model: torch.nn.Module
     result: FitResult
@@ -96,17 +129,10 @@ def fit_model(
     resume_state: dict[str, Any] | None = None,
 ) -> FittedModel:
     """Seed, build, normalise on the training rows only, and train one model."""
-    columns = feature_columns(data.feature_names)
-    train_arr = select(data.train, columns, train_idx)
-    valid_arr = select(data.train, columns, valid_idx)
-    check_batch_size(cfg, len(train_arr))
+    prepared = prepare_model(cfg, data, train_idx, valid_idx, seed)
+    model, train_arr, valid_arr = prepared.model, prepared.train, prepared.valid
+    mean, std = prepared.mean, prepared.std
     device = resolve_device(cfg.device)
-    set_threads(cfg.threads)
-    seed_everything(seed, cfg.deterministic)
-    model = build_model(cfg, data.feature_names)
-    mean, std = fit_standardization(train_arr.x.astype(np.float64), data.feature_names)
-    if cfg.normalize:
-        model.set_normalization(mean, std)
     loader = make_loader(
         HW01Dataset(train_arr.x, train_arr.y), cfg.batch_size, True, seed, cfg.num_workers
     )
