@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from covidreg.config import Config
+from covidreg.data import HW01Dataset
 from covidreg.errors import CovidRegError
 from covidreg.model import MLP
 
@@ -193,7 +194,13 @@ def batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor,
     if loader.num_workers > 0 or loader.batch_size is not None:
         return iter(loader)
     dataset = loader.dataset
-    return (dataset[indices] for indices in loader.sampler)
+    index_batches = list(loader.sampler)
+    if not isinstance(dataset, HW01Dataset) or dataset.y is None:
+        return (dataset[indices] for indices in index_batches)
+    # one gather for the whole epoch, then each batch is a contiguous view of it
+    x, y = dataset[torch.cat(index_batches)]
+    sizes = [len(indices) for indices in index_batches]
+    return zip(x.split(sizes), y.split(sizes), strict=True)
 
 
 def train_one_epoch(
