@@ -60,6 +60,36 @@ def write_hw01_csv(
     return path
 
 
+#: What every finished `covidreg train` run directory holds.
+RUN_FILES = {
+    "model.pt",
+    "config.toml",
+    "history.csv",
+    "metrics.json",
+    "learning_curve.png",
+    "valid_pred.png",
+    "pred.csv",
+}
+
+
+def train_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """A quick `covidreg train` on the synthetic files: 12 epochs, batches of 16."""
+    return [
+        "train",
+        "--train-csv",
+        str(files["train"]),
+        "--test-csv",
+        str(files["test"]),
+        "--epochs",
+        "12",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 @pytest.fixture
 def hw01_files(tmp_path: Path) -> dict[str, Path]:
     """A synthetic training CSV (4 states x 30 windows) and test CSV (4 states x 6 windows)."""

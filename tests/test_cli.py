@@ -13,40 +13,14 @@ from typer.testing import CliRunner
 
 from covidreg.cli import app
 from covidreg.config import Config, resolve_config
-from tests.conftest import synthetic_rows, write_hw01_csv
+from tests.conftest import RUN_FILES, synthetic_rows, train_args, write_hw01_csv
 
 runner = CliRunner()
-RUN_FILES = {
-    "model.pt",
-    "config.toml",
-    "history.csv",
-    "metrics.json",
-    "learning_curve.png",
-    "valid_pred.png",
-    "pred.csv",
-}
-
-
-def quick_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--train-csv",
-        str(files["train"]),
-        "--test-csv",
-        str(files["test"]),
-        "--epochs",
-        "12",
-        "--batch-size",
-        "16",
-        "--out",
-        str(out),
-        *extra,
-    ]
 
 
 def test_train_writes_every_output(hw01_files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = runner.invoke(app, quick_args(hw01_files, out))
+    result = runner.invoke(app, train_args(hw01_files, out))
     assert result.exit_code == 0, result.stderr
     assert {p.name for p in out.iterdir()} >= RUN_FILES
     assert not list(out.glob(".*.tmp")), "no temporary files may remain"
@@ -76,7 +50,7 @@ def test_train_writes_every_output(hw01_files: dict[str, Path], tmp_path: Path) 
 
 
 def test_quiet_prints_only_the_result_line(hw01_files: dict[str, Path], tmp_path: Path) -> None:
-    result = runner.invoke(app, quick_args(hw01_files, tmp_path / "run", "--quiet"))
+    result = runner.invoke(app, train_args(hw01_files, tmp_path / "run", "--quiet"))
     assert result.exit_code == 0
     assert result.stdout.count("\n") == 1 and result.stdout.startswith("valid_rmse=")
     assert result.stderr == ""
@@ -86,7 +60,7 @@ def test_flags_override_config_file(hw01_files: dict[str, Path], tmp_path: Path)
     config = tmp_path / "c.toml"
     config.write_text('optimizer = "sgd"\nlr = 0.01\nhidden = [8]\n')
     out = tmp_path / "run"
-    args = quick_args(hw01_files, out, "--config", str(config), "--lr", "0.003", "-q")
+    args = train_args(hw01_files, out, "--config", str(config), "--lr", "0.003", "-q")
     assert runner.invoke(app, args).exit_code == 0
     resolved = resolve_config(out / "config.toml")
     assert (resolved.optimizer, resolved.lr, resolved.hidden) == ("sgd", 0.003, [8])
@@ -95,7 +69,7 @@ def test_flags_override_config_file(hw01_files: dict[str, Path], tmp_path: Path)
 def test_hidden_and_init_flags_shape_the_model(hw01_files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "run"
     extra = ("--hidden", "8,4", "--init", "kaiming_normal", "--optimizer", "adamw", "-q")
-    assert runner.invoke(app, quick_args(hw01_files, out, *extra)).exit_code == 0
+    assert runner.invoke(app, train_args(hw01_files, out, *extra)).exit_code == 0
     state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert state["body.0.weight"].shape == (8, 14)
     assert state["body.2.weight"].shape == (4, 8)
@@ -103,7 +77,7 @@ def test_hidden_and_init_flags_shape_the_model(hw01_files: dict[str, Path], tmp_
 
 
 def test_zero_init_warns(hw01_files: dict[str, Path], tmp_path: Path) -> None:
-    result = runner.invoke(app, quick_args(hw01_files, tmp_path / "run", "--init", "zeros"))
+    result = runner.invoke(app, train_args(hw01_files, tmp_path / "run", "--init", "zeros"))
     assert result.exit_code == 0
     assert "warning:" in result.stderr and "symmetry" in result.stderr
 
@@ -114,7 +88,7 @@ def test_same_seed_gives_byte_identical_outputs(
     outs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
     seeds = ["7", "7", "8"]
     for out, seed in zip(outs, seeds, strict=True):
-        assert runner.invoke(app, quick_args(hw01_files, out, "--seed", seed, "-q")).exit_code == 0
+        assert runner.invoke(app, train_args(hw01_files, out, "--seed", seed, "-q")).exit_code == 0
     a, b, c = ((o / "pred.csv").read_bytes() for o in outs)
     assert a == b
     assert a != c
@@ -128,7 +102,7 @@ def test_worker_processes_do_not_change_results(
     hw01_files: dict[str, Path], tmp_path: Path
 ) -> None:
     for out, workers in ((tmp_path / "w0", "0"), (tmp_path / "w2", "2")):
-        args = quick_args(hw01_files, out, "--num-workers", workers, "--dropout", "0.1", "-q")
+        args = train_args(hw01_files, out, "--num-workers", workers, "--dropout", "0.1", "-q")
         assert runner.invoke(app, args).exit_code == 0
     assert (tmp_path / "w0/pred.csv").read_bytes() == (tmp_path / "w2/pred.csv").read_bytes()
     assert (tmp_path / "w0/history.csv").read_bytes() == (tmp_path / "w2/history.csv").read_bytes()
@@ -164,7 +138,7 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(
     case: str, expected: str, hw01_files: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    args = quick_args(hw01_files, out)
+    args = train_args(hw01_files, out)
     config = tmp_path / "bad.toml"
     if case == "non_numeric":
         args += ["--train-csv", str(_bad_train_csv(tmp_path))]
@@ -201,7 +175,7 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(
 def test_unwritable_output_directory(hw01_files: dict[str, Path], tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = runner.invoke(app, quick_args(hw01_files, blocker / "run"))
+    result = runner.invoke(app, train_args(hw01_files, blocker / "run"))
     assert result.exit_code == 1
     assert "is a file" in result.stderr
 
@@ -211,7 +185,7 @@ def test_divergence_stops_with_a_message_and_keeps_best_weights(
 ) -> None:
     out = tmp_path / "run"
     extra = ("--optimizer", "sgd", "--lr", "5", "--momentum", "0.9", "--epochs", "200")
-    result = runner.invoke(app, quick_args(hw01_files, out, *extra))
+    result = runner.invoke(app, train_args(hw01_files, out, *extra))
     if result.exit_code == 0:
         assert "diverged" in result.stderr
         metrics = json.loads((out / "metrics.json").read_text())
@@ -258,7 +232,7 @@ def test_seeds_repeat_the_run_and_average_predictions(
     hw01_files: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "seeds"
-    result = runner.invoke(app, quick_args(hw01_files, out, "--seeds", "3", "--seed", "5", "-q"))
+    result = runner.invoke(app, train_args(hw01_files, out, "--seeds", "3", "--seed", "5", "-q"))
     assert result.exit_code == 0, result.stderr
     summary = json.loads((out / "seeds.json").read_text())
     assert summary["seeds"] == [5, 6, 7]
@@ -267,7 +241,7 @@ def test_seeds_repeat_the_run_and_average_predictions(
     assert len(set(rmses)) == 3, "different seeds must give different runs"
     # the first seed's run is the run without --seeds
     single = tmp_path / "single"
-    assert runner.invoke(app, quick_args(hw01_files, single, "--seed", "5", "-q")).exit_code == 0
+    assert runner.invoke(app, train_args(hw01_files, single, "--seed", "5", "-q")).exit_code == 0
     assert (out / "seed_5/pred.csv").read_bytes() == (single / "pred.csv").read_bytes()
     # the top-level pred.csv is the mean of the three seed models' predictions
     import numpy as np
@@ -281,7 +255,7 @@ def test_seeds_repeat_the_run_and_average_predictions(
 
 
 def test_zero_seeds_is_an_error(hw01_files: dict[str, Path], tmp_path: Path) -> None:
-    result = runner.invoke(app, quick_args(hw01_files, tmp_path / "run", "--seeds", "0"))
+    result = runner.invoke(app, train_args(hw01_files, tmp_path / "run", "--seeds", "0"))
     assert result.exit_code == 1
     assert "--seeds must be 1 or more" in result.stderr
     assert not (tmp_path / "run").exists()

@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from covidreg.cli import app
+from tests.conftest import RUN_FILES
 
 pytestmark = pytest.mark.realdata
 
@@ -20,15 +21,6 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_CONFIG = REPO / "configs" / "sample.toml"
 N_TEST = 893
-RUN_FILES = {
-    "model.pt",
-    "config.toml",
-    "history.csv",
-    "metrics.json",
-    "learning_curve.png",
-    "valid_pred.png",
-    "pred.csv",
-}
 
 
 def data_card_sums() -> dict[str, str]:

@@ -27,25 +27,9 @@ from covidreg.cli import app
 from covidreg.config import resolve_config
 from covidreg.experiment import STATE_FILE, run_train
 from covidreg.train import EarlyStopping, EpochRecord, resolve_device
+from tests.conftest import train_args
 
 runner = CliRunner()
-
-
-def train_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--train-csv",
-        str(files["train"]),
-        "--test-csv",
-        str(files["test"]),
-        "--epochs",
-        "12",
-        "--batch-size",
-        "16",
-        "--out",
-        str(out),
-        *extra,
-    ]
 
 
 def state_dicts_equal(a: Path, b: Path) -> bool:
