@@ -90,6 +90,34 @@ def train_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
     ]
 
 
+def interrupted_run_dir(files: dict[str, Path], out: Path, stop_at: int = 6) -> Path:
+    """A run stopped (KeyboardInterrupt) in epoch ``stop_at``: it holds only the training state
+    saved after epoch 5."""
+    from covidreg.config import resolve_config
+    from covidreg.experiment import STATE_FILE, run_train
+    from covidreg.train import EarlyStopping, EpochRecord
+
+    cfg = resolve_config(
+        None,
+        {
+            "train_csv": str(files["train"]),
+            "test_csv": str(files["test"]),
+            "epochs": "20",
+            "batch_size": "16",
+            "checkpoint_every": "5",
+        },
+    )
+
+    def interrupt(record: EpochRecord, stopper: EarlyStopping) -> None:
+        if record.epoch == stop_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg, out, on_epoch=interrupt)
+    assert [p.name for p in out.iterdir()] == [STATE_FILE]
+    return out
+
+
 @pytest.fixture
 def hw01_files(tmp_path: Path) -> dict[str, Path]:
     """A synthetic training CSV (4 states x 30 windows) and test CSV (4 states x 6 windows)."""

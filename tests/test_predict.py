@@ -14,10 +14,9 @@ import torch
 from typer.testing import CliRunner
 
 from covidreg.cli import app
-from covidreg.experiment import STATE_FILE, run_train
+from covidreg.experiment import STATE_FILE
 from covidreg.predict import find_models, load_model
-from covidreg.train import EarlyStopping, EpochRecord
-from tests.conftest import synthetic_rows, write_hw01_csv
+from tests.conftest import interrupted_run_dir, synthetic_rows, write_hw01_csv
 
 runner = CliRunner()
 # Every non-default choice must come back from the checkpoint: predict takes no model flags.
@@ -183,32 +182,6 @@ class PlainObject:
         self.weights = [1.0, 2.0]
 
 
-def _state_dir(data: dict[str, Path], base: Path) -> Path:
-    """A run interrupted after epoch 5: its directory holds only training_state.pt."""
-    from covidreg.config import resolve_config
-
-    cfg = resolve_config(
-        None,
-        {
-            "train_csv": str(data["train"]),
-            "test_csv": str(data["test"]),
-            "epochs": "20",
-            "batch_size": "16",
-            "checkpoint_every": "5",
-        },
-    )
-
-    def stop_after_5(record: EpochRecord, stopper: EarlyStopping) -> None:
-        if record.epoch == 6:
-            raise KeyboardInterrupt
-
-    out = base / "interrupted"
-    with pytest.raises(KeyboardInterrupt):
-        run_train(cfg, out, on_epoch=stop_after_5)
-    assert [p.name for p in out.iterdir()] == [STATE_FILE]
-    return out
-
-
 def _rewrite_header(path: Path, dest: Path, change: str) -> Path:
     lines = path.read_text().splitlines()
     cells = [line.split(",") for line in lines]
@@ -266,7 +239,7 @@ def test_bad_model_or_csv_is_one_line_exit_1_and_writes_nothing(
         torch.save({"format": "covidreg-checkpoint", "state_dict": PlainObject()}, bad)
         model = bad
     elif case == "training_state":
-        model = _state_dir(data, tmp_path) / STATE_FILE
+        model = interrupted_run_dir(data, tmp_path / "interrupted") / STATE_FILE
     elif case == "renamed_column":
         csv = _rewrite_header(data["test"], tmp_path / "renamed.csv", "rename")
     elif case == "missing_column":

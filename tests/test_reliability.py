@@ -24,10 +24,9 @@ from typer.testing import CliRunner
 
 from covidreg import artifacts
 from covidreg.cli import app
-from covidreg.config import resolve_config
-from covidreg.experiment import STATE_FILE, run_train
-from covidreg.train import EarlyStopping, EpochRecord, resolve_device
-from tests.conftest import train_args
+from covidreg.experiment import STATE_FILE
+from covidreg.train import resolve_device
+from tests.conftest import interrupted_run_dir, train_args
 
 runner = CliRunner()
 
@@ -36,29 +35,6 @@ def state_dicts_equal(a: Path, b: Path) -> bool:
     wa = torch.load(a, weights_only=True)["state_dict"]
     wb = torch.load(b, weights_only=True)["state_dict"]
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def interrupted_run_dir(files: dict[str, Path], out: Path, stop_at: int = 6) -> Path:
-    """A run stopped (KeyboardInterrupt) in epoch ``stop_at``: it holds only the training state."""
-    cfg = resolve_config(
-        None,
-        {
-            "train_csv": str(files["train"]),
-            "test_csv": str(files["test"]),
-            "epochs": "20",
-            "batch_size": "16",
-            "checkpoint_every": "5",
-        },
-    )
-
-    def interrupt(record: EpochRecord, stopper: EarlyStopping) -> None:
-        if record.epoch == stop_at:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_train(cfg, out, on_epoch=interrupt)
-    assert [p.name for p in out.iterdir()] == [STATE_FILE]
-    return out
 
 
 # --- exact resume after SIGKILL ---------------------------------------------------------------
@@ -435,30 +411,12 @@ def test_divergence_after_epoch_1_stops_and_keeps_finite_best_weights(
 def test_resume_with_a_state_that_does_not_fit_is_a_clear_error(
     hw01_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    """A training state from another config/version (here: two optimizer groups) is refused."""
-    import torch
-
-    from covidreg import artifacts
-
-    out = tmp_path / "run"
-    args = train_args(hw01_files, out, "--epochs", "10", "--checkpoint-every", "5", "-q")
-    args += ["--output-lr", "0.01"]  # two parameter groups
-    assert runner.invoke(app, args).exit_code == 0
-    # rebuild a state as an interrupted run would have left it, but claim the one-group config
-    state = torch.load(out / "model.pt", weights_only=True)
-    from covidreg.config import from_dict
-    from covidreg.data import holdout_split
-    from covidreg.experiment import STATE_FILE, check_train_inputs, fit_model
-
-    cfg = from_dict({**state["config"], "epochs": 5, "checkpoint_every": 5})
-    data = check_train_inputs(cfg)
-    train_idx, valid_idx = holdout_split(data.train.states, cfg.split, cfg.valid_ratio)
-    fitted = fit_model(cfg, data, train_idx, valid_idx, cfg.seed)
-    payload = fitted.trainer.state_dict()
-    one_group = {**state["config"], "output_lr": 0.0}
-    artifacts.save_checkpoint(
-        out / STATE_FILE, {"kind": "training_state", "config": one_group, **payload}
-    )
+    """A training state from another config/version (here: one optimizer group where the saved
+    config asks for two) is refused in one line."""
+    out = interrupted_run_dir(hw01_files, tmp_path / "run")
+    state = torch.load(out / STATE_FILE, weights_only=True)
+    state["config"]["output_lr"] = 0.01  # the rebuilt optimizer gets two parameter groups
+    artifacts.save_checkpoint(out / STATE_FILE, {k: v for k, v in state.items() if k != "format"})
     result = runner.invoke(app, ["train", "--resume", str(out), "-q"])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the saved training state does not fit")
