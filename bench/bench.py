@@ -347,7 +347,7 @@ class Measurements:
     high: int
     samples: dict[int, EpochCost | str]  # by --sample-threads setting (0: torch's default)
     train: EpochCost | str
-    cv: ChildRun | str
+    cv: EpochCost | str
     help: HelpTiming | str
     imports: list[str] | str
 
@@ -378,13 +378,21 @@ class Measurements:
         return self.sample.loop_ms_per_epoch / self.train.loop_ms_per_epoch
 
     def cv_ratio(self) -> float | str:
+        """Whole-process wall time of cv over train's, at the high epoch count."""
         if isinstance(self.cv, str):
             return self.cv
-        if not self.cv.ok:
-            return self.cv.failure()
         if not isinstance(self.train, EpochCost):
             return "n/a (no covidreg train time)"
-        return self.cv.wall_s / self.train.wall_high_s
+        return self.cv.wall_high_s / self.train.wall_high_s
+
+    def cv_epoch_ratio(self) -> float | str:
+        """Marginal cost of a cv epoch (all 5 folds) over a train epoch: the ratio that more
+        epochs tend to, as start-up weighs less."""
+        if not isinstance(self.cv, EpochCost) or not isinstance(self.train, EpochCost):
+            return "n/a"
+        if self.cv.ms_per_epoch <= 0 or self.train.ms_per_epoch <= 0:
+            return "n/a (per-epoch time lost in start-up noise; raise --epochs-high)"
+        return self.cv.ms_per_epoch / self.train.ms_per_epoch
 
 
 def machine_lines(args: argparse.Namespace, data: DataFiles, m: Measurements) -> list[str]:
@@ -476,16 +484,15 @@ def headline_rows(m: Measurements) -> list[Row]:
 
 def detail_rows(m: Measurements) -> list[Row]:
     """Context: absolute times, memory, CPU time, and the programs' own loop timers."""
-    cv_ok = isinstance(m.cv, ChildRun) and m.cv.ok
-    cv_wall = m.cv.wall_s if isinstance(m.cv, ChildRun) and cv_ok else "n/a"
-    cv_rss = m.cv.max_rss_kib / 1024 if isinstance(m.cv, ChildRun) and cv_ok else "n/a"
-    sample, train = m.sample, m.train
+    sample, train, cv = m.sample, m.train, m.cv
     values = [
         (f"sample-loop wall s ({m.high} epochs)", field_of(sample, "wall_high_s"), ".2f"),
         (f"covidreg train wall s ({m.high} epochs)", field_of(train, "wall_high_s"), ".2f"),
-        (f"cv-5 wall s ({m.high} epochs)", cv_wall, ".2f"),
+        (f"cv-5 wall s ({m.high} epochs)", field_of(cv, "wall_high_s"), ".2f"),
+        ("cv-5 ms/epoch (all 5 folds)", field_of(cv, "ms_per_epoch"), ".2f"),
+        ("cv-5 / train per-epoch ratio", m.cv_epoch_ratio(), ".2f"),
         ("sample-loop peak memory MB (RSS)", field_of(sample, "max_rss_mib"), ".0f"),
-        ("cv-5 peak memory MB (RSS)", cv_rss, ".0f"),
+        ("cv-5 peak memory MB (RSS)", field_of(cv, "max_rss_mib"), ".0f"),
         ("sample-loop CPU ms/epoch (all threads)", field_of(sample, "cpu_ms_per_epoch"), ".2f"),
         ("covidreg train CPU ms/epoch (all threads)", field_of(train, "cpu_ms_per_epoch"), ".2f"),
         ("sample-loop in-loop ms/epoch (own timer)", field_of(sample, "loop_ms_per_epoch"), ".2f"),
@@ -578,17 +585,22 @@ def sample_runner(data: DataFiles, threads: int) -> Runner:
 
 def measure_all(args: argparse.Namespace, data: DataFiles) -> Measurements:
     low, high = args.epochs_low, args.epochs_high
-    print("bench: sample loop and covidreg train, interleaved ...", file=sys.stderr, flush=True)
+    print(
+        "bench: sample loop, covidreg train and covidreg cv, interleaved ...",
+        file=sys.stderr,
+        flush=True,
+    )
     settings: list[int] = args.sample_threads
     runners: list[Runner] = [sample_runner(data, threads) for threads in settings]
     runners.append(lambda epochs: run_covidreg("train", epochs, data))
-    *samples, train = measure_epoch_costs(runners, low, high, args.repeats)
+    runners.append(lambda epochs: run_covidreg("cv", epochs, data))
+    *samples, train, cv = measure_epoch_costs(runners, low, high, args.repeats)
     return Measurements(
         low=low,
         high=high,
         samples=dict(zip(settings, samples, strict=True)),
         train=train,
-        cv=attempt("covidreg cv --folds 5", lambda: run_covidreg("cv", high, data)[0]),
+        cv=cv,
         help=attempt("covidreg --help", lambda: time_help(args.help_runs)),
         imports=attempt("import check", heavy_imports),
     )

@@ -38,6 +38,7 @@ from covidreg.train import (
     FitResult,
     build_optimizer,
     build_scheduler,
+    denormals_flushed,
     divergence_message,
     resolve_device,
 )
@@ -295,6 +296,7 @@ class _Inputs:
     y: torch.Tensor
     skip: torch.Tensor | None  # raw tested_positive_d2 for the delta target
     n_rows: list[int]
+    gathered: torch.Tensor | None = None  # the epoch's rows of x, rewritten every epoch
 
     @classmethod
     def stack(cls, arrays: list[Arrays], models: list[MLP], device: torch.device) -> _Inputs:
@@ -316,7 +318,12 @@ class _Inputs:
         """x, y and skip of the flattened rows ``index``, split into steps: each step's
         tensors are [K, batch_size, ...] slices of one gathered block."""
         n_folds, length = self.y.shape
-        x = self.x.view(n_folds * length, -1).index_select(0, index).view(*shape, -1)
+        flat = self.x.view(n_folds * length, -1)
+        if self.gathered is None or self.gathered.shape[0] != len(index):
+            self.gathered = flat.new_empty((len(index), flat.shape[1]))
+        # into the same buffer every epoch: a fresh one of this size would be new pages from
+        # the system each time, and touching them first costs more than the copy
+        x = torch.index_select(flat, 0, index, out=self.gathered).view(*shape, -1)
         y = self.y.view(-1).index_select(0, index).view(shape)
         if self.skip is None:
             return list(x.unbind(0)), list(y.unbind(0)), None
@@ -562,6 +569,10 @@ class _BatchedTrainer:
         self.steps = np.zeros(len(folds), dtype=np.int64)  # each fold's optimizer steps so far
 
     def fit(self, events: FoldEvents) -> None:
+        with denormals_flushed(self.cfg.flush_denormal):
+            self._fit(events)
+
+    def _fit(self, events: FoldEvents) -> None:
         in_order = _InFoldOrder(events, self.cfg, len(self.folds))
         in_order.advance(self.folds)  # fold 1 starts now, as it would one after another
         for epoch in range(1, self.cfg.epochs + 1):

@@ -160,6 +160,14 @@ class Config:
         "only add synchronisation); 0 keeps torch's default.",
         "run",
     )
+    flush_denormal: bool = _opt(
+        True,
+        "Flush subnormal floats (below 1.2e-38) to zero on the CPU. The momentum of a weight "
+        "whose gradient stays zero (a one-hot state absent from the batches) decays into "
+        "them, and every operation on one is many times slower; values that small are below "
+        "the precision of any weight they would be added to.",
+        "run",
+    )
     checkpoint_every: int = _opt(
         50, "Save a resumable training state every N epochs (0: never).", "run"
     )

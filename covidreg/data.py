@@ -468,6 +468,10 @@ class HW01Dataset(torch.utils.data.Dataset):
         return len(self.x)
 
     def __getitem__(self, index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(index, torch.Tensor) and index.dim() == 1:
+            # the same rows as x[index], several times faster than advanced indexing
+            x = self.x.index_select(0, index)
+            return x, torch.empty(0) if self.y is None else self.y.index_select(0, index)
         if self.y is None:
             return self.x[index], torch.empty(0)
         return self.x[index], self.y[index]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +19,9 @@ from torch import nn
 from covidreg.config import Config
 from covidreg.data import HW01Dataset
 from covidreg.errors import CovidRegError
-from covidreg.model import MLP
+from covidreg.model import MLP, ManualMLP
 
-# Tests set this to train with autograd even where MLP.loss_and_grads applies, to compare the two.
+# Tests set this to train with autograd even where HandWrittenEpochs applies, to compare the two.
 AUTOGRAD_ONLY = False
 
 # --- reproducibility ----------------------------------------------------------------------------
@@ -30,6 +31,26 @@ def set_threads(threads: int) -> None:
     """Use ``threads`` CPU threads for torch's kernels (0: leave torch's default)."""
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def flushing_denormals() -> bool:
+    """Whether this thread's CPU kernels flush subnormal floats to zero right now."""
+    return (torch.full((1,), 2e-38) * 0.25).item() == 0.0  # 5e-39 is subnormal
+
+
+@contextlib.contextmanager
+def denormals_flushed(mode: bool) -> Iterator[None]:
+    """Flush subnormal floats to zero (or not) in this thread's CPU kernels, then restore.
+
+    ``torch.set_flush_denormal`` sets a processor flag for the whole thread, so it is scoped to
+    the training loop: code around it keeps IEEE arithmetic.
+    """
+    before = flushing_denormals()
+    torch.set_flush_denormal(mode)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def _set_deterministic_algorithms(mode: bool) -> None:
@@ -110,6 +131,160 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 def _fused_supported(model: nn.Module) -> bool:
     params = list(model.parameters())
     return bool(params) and all(p.dtype == torch.float32 for p in params)
+
+
+StepFn = Callable[[Sequence[torch.Tensor]], None]
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter], direct: bool = True
+) -> StepFn:
+    """A function applying ``optimizer``'s update for gradients given in ``params`` order.
+
+    With ``direct``, where it can, it runs the optimizer's own fused kernel on the optimizer's
+    own state (``fused_kernel_step``); otherwise it sets ``.grad`` and calls
+    ``optimizer.step()``. Build it again when the optimizer's state may have changed hands
+    (``load_state_dict``, or the first ``step()``, which creates the state).
+    """
+    if direct:
+        kernel = fused_kernel_step(optimizer, params)
+        if kernel is not None:
+            return kernel
+
+    def public_step(grads: Sequence[torch.Tensor]) -> None:
+        for p, grad in zip(params, grads, strict=True):
+            p.grad = grad
+        optimizer.step()
+
+    return public_step
+
+
+def fused_kernel_step(
+    optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter]
+) -> StepFn | None:
+    """``optimizer.step()`` without its Python wrapper, or None where that does not apply.
+
+    A fused optimizer's step is one kernel call, but ``step()`` wraps it in about 25-35 µs of
+    Python (hooks, profiler records, regrouping the tensors by device) that matter when a whole
+    training step takes about 100 µs. This calls the same kernel with the same arguments on the
+    optimizer's own state tensors, so the result and ``optimizer.state_dict()`` are exactly
+    what ``step()`` would give (tested against it). The hyperparameters are read from the
+    param groups at every call, so schedulers still apply. It covers fused SGD, Adam, AdamW
+    and Adagrad on a plain float32 setup, once their state exists, and never an optimizer
+    with step hooks (they would be skipped). Callers let ``step()`` run first: it creates the
+    state and tells an LR scheduler the optimizer has stepped.
+    """
+    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+        return None
+    position = {p: i for i, p in enumerate(params)}
+    kernels: list[tuple[list[int], StepFn]] = []
+    for group in optimizer.param_groups:
+        plain = not any(group.get(k) for k in ("differentiable", "capturable", "foreach"))
+        if not (group.get("fused") and plain) or isinstance(group.get("lr"), torch.Tensor):
+            return None
+        members = group["params"]
+        if any(p not in position or p.dtype != torch.float32 for p in members):
+            return None
+        kernel = _group_kernel(optimizer, group, members)
+        if kernel is None:
+            return None
+        kernels.append(([position[p] for p in members], kernel))
+    if getattr(optimizer, "grad_scale", None) is not None:
+        return None
+    if len(kernels) == 1 and kernels[0][0] == list(range(len(params))):
+        return kernels[0][1]
+
+    def grouped(grads: Sequence[torch.Tensor]) -> None:
+        for indices, kernel in kernels:
+            kernel([grads[i] for i in indices])
+
+    return grouped
+
+
+def _group_kernel(
+    optimizer: torch.optim.Optimizer, group: dict[str, Any], members: list[nn.Parameter]
+) -> StepFn | None:
+    """One param group's fused kernel call, as ``torch.optim``'s ``_fused_*`` functions make it."""
+    params = [p.detach() for p in members]  # the kernels update them in place, without autograd
+    states = [optimizer.state.get(p, {}) for p in members]
+
+    def state(key: str) -> list[torch.Tensor] | None:
+        tensors = [one.get(key) for one in states]
+        return tensors if all(isinstance(t, torch.Tensor) for t in tensors) else None
+
+    if isinstance(optimizer, torch.optim.SGD) and hasattr(torch, "_fused_sgd_"):
+        buffers = [] if group["momentum"] == 0 else state("momentum_buffer")
+        if buffers is None:  # the first step creates the momentum buffers
+            return None
+
+        def sgd(grads: Sequence[torch.Tensor]) -> None:
+            torch._fused_sgd_(
+                params,
+                grads,
+                buffers,
+                weight_decay=group["weight_decay"],
+                momentum=group["momentum"],
+                lr=group["lr"],
+                dampening=group["dampening"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+                is_first_step=False,
+            )
+
+        return sgd
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        decoupled = isinstance(optimizer, torch.optim.AdamW) or group.get(
+            "decoupled_weight_decay", False
+        )
+        kernel = getattr(torch, "_fused_adamw_" if decoupled else "_fused_adam_", None)
+        steps, exp_avgs, exp_avg_sqs = state("step"), state("exp_avg"), state("exp_avg_sq")
+        max_exp_avg_sqs = state("max_exp_avg_sq") if group["amsgrad"] else []
+        betas = group["betas"]
+        if kernel is None or None in (steps, exp_avgs, exp_avg_sqs, max_exp_avg_sqs):
+            return None
+        if any(isinstance(b, torch.Tensor) for b in betas):
+            return None
+
+        def adam(grads: Sequence[torch.Tensor]) -> None:
+            torch._foreach_add_(steps, 1)
+            kernel(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                max_exp_avg_sqs,
+                steps,
+                amsgrad=group["amsgrad"],
+                lr=group["lr"],
+                beta1=group["betas"][0],
+                beta2=group["betas"][1],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=group["maximize"],
+            )
+
+        return adam
+    if isinstance(optimizer, torch.optim.Adagrad) and hasattr(torch, "_fused_adagrad_"):
+        steps, sums = state("step"), state("sum")
+        if steps is None or sums is None:
+            return None
+
+        def adagrad(grads: Sequence[torch.Tensor]) -> None:
+            torch._foreach_add_(steps, 1)
+            torch._fused_adagrad_(
+                params,
+                grads,
+                sums,
+                steps,
+                lr=group["lr"],
+                lr_decay=group["lr_decay"],
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=group["maximize"],
+            )
+
+        return adagrad
+    return None
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> Any:
@@ -203,6 +378,152 @@ def batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor,
     return zip(x.split(sizes), y.split(sizes), strict=True)
 
 
+class AutogradEpochs:
+    """Training epochs the straightforward way: ``model(x)``, ``loss.backward()``, ``step()``.
+
+    Used for batch norm, on a GPU and with worker processes; elsewhere ``HandWrittenEpochs``
+    computes the same thing faster, and the tests compare the two. Both report an epoch's
+    train loss as the mean squared error over all its rows (each batch's error is kept, and
+    squared and averaged once at the end), without the penalty.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loader: torch.utils.data.DataLoader,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        l1: float = 0.0,
+        l2: float = 0.0,
+    ) -> None:
+        self.model, self.loader, self.optimizer = model, loader, optimizer
+        self.device, self.l1, self.l2 = device, l1, l2
+
+    def train(self) -> float:
+        """One pass over the training batches; the mean plain MSE, read once per epoch."""
+        model = self.model
+        model.train()
+        errors = []
+        for x, y in batches(self.loader):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            out = model(x)
+            mse = nn.functional.mse_loss(out, y)
+            extra = penalty(model, self.l1, self.l2)
+            loss = mse if extra is None else mse + extra
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            errors.append(out.detach() - y)
+        return torch.cat(errors).square().mean().item()
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        return evaluate(self.model, x, y)
+
+
+class HandWrittenEpochs:
+    """Training epochs of an ``MLP`` on the CPU with the fewest operations per step.
+
+    The same epochs as ``AutogradEpochs``, bit for bit (tested): the same batches in the same
+    order, the same gradients (``ManualMLP``), the same optimizer kernels and the same dropout
+    draws. On a network this small a step is mostly per-operation overhead, so:
+
+    - the training rows are normalised once (the statistics do not change while training), and
+      each epoch gathers its rows in one ``index_select``, in the sampler's order; the batches
+      are views of that;
+    - gradients are written out by hand, without autograd's graph (``ManualMLP``);
+    - the optimizer's fused kernel is called directly (``fused_kernel_step``);
+    - each batch's error goes into one epoch-long buffer, squared and averaged once.
+    """
+
+    def __init__(
+        self,
+        model: MLP,
+        loader: torch.utils.data.DataLoader,
+        optimizer: torch.optim.Optimizer,
+        l1: float = 0.0,
+        l2: float = 0.0,
+    ) -> None:
+        self.model, self.loader, self.optimizer, self.l1, self.l2 = model, loader, optimizer, l1, l2
+        self.params = list(model.parameters())
+        self.manual = ManualMLP(model)
+        dataset = loader.dataset
+        self.x, self.skip, self.y = self._prepare(dataset.x, dataset.y)
+        self._valid: tuple[torch.Tensor, ...] | None = None
+        self.stepped = False  # whether optimizer.step() ran since this object was made
+        self.gathered: torch.Tensor | None = None  # the epoch's rows of x, in batch order
+
+    def _prepare(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Normalised inputs, the delta target's raw column and the target column."""
+        return self.manual.normalize(x), self.manual.skip_values(x), y.unsqueeze(-1)
+
+    def train(self) -> float:
+        index_batches = list(self.loader.sampler)
+        sizes = [len(indices) for indices in index_batches]
+        order = torch.cat([torch.as_tensor(indices) for indices in index_batches])
+        if self.gathered is None or len(self.gathered) != len(order):
+            self.gathered = self.x.new_empty((len(order), self.x.shape[1]))
+        # into the same buffer every epoch: a fresh one of this size would be new pages from
+        # the system each time, and touching them first costs about as much as the copy
+        xs = torch.index_select(self.x, 0, order, out=self.gathered).split_with_sizes(sizes)
+        y = self.y.index_select(0, order)
+        skips = (
+            [None] * len(sizes)
+            if self.skip is None
+            else self.skip.index_select(0, order).split_with_sizes(sizes)
+        )
+        errors = torch.empty_like(y)
+        manual, l1, l2 = self.manual, self.l1, self.l2
+        # the first step of a fit goes through step(): it creates the optimizer's state
+        step = optimizer_step(self.optimizer, self.params, direct=self.stepped)
+        targets, batch_errors = y.split_with_sizes(sizes), errors.split_with_sizes(sizes)
+        for x, target, skip, error in zip(xs, targets, skips, batch_errors, strict=True):
+            out, saved = manual.forward(x, skip, True)
+            torch.sub(out, target, out=error)
+            step(manual.backward(saved, manual.loss_gradient(error), l1, l2))
+            if not self.stepped:
+                self.stepped = True
+                step = optimizer_step(self.optimizer, self.params)
+        return errors.square().mean().item()
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """``evaluate(model, x, y)``, with ``x`` normalised once for all epochs."""
+        if self._valid is None or self._valid[0] is not x or self._valid[1] is not y:
+            self._valid = (x, y, *self._prepare(x, y))
+        _, _, xn, skip, target = self._valid
+        out = self.manual.predict(xn, skip)
+        return torch._C._nn.mse_loss(out, target, 1).item()  # F.mse_loss's kernel, "mean"
+
+
+Epochs = AutogradEpochs | HandWrittenEpochs
+
+
+def make_epochs(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    l1: float = 0.0,
+    l2: float = 0.0,
+) -> Epochs:
+    """``HandWrittenEpochs`` where it applies (an MLP without batch norm, on the CPU, batches
+    read in process from an ``HW01Dataset``), else ``AutogradEpochs``."""
+    in_process = loader.num_workers == 0 and loader.batch_size is None
+    dataset = loader.dataset
+    if (
+        isinstance(model, MLP)
+        and model.supports_manual_grads
+        and device.type == "cpu"
+        and in_process
+        and isinstance(dataset, HW01Dataset)
+        and dataset.y is not None
+        and not AUTOGRAD_ONLY
+    ):
+        return HandWrittenEpochs(model, loader, optimizer, l1, l2)
+    return AutogradEpochs(model, loader, optimizer, device, l1, l2)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
@@ -211,40 +532,8 @@ def train_one_epoch(
     l1: float = 0.0,
     l2: float = 0.0,
 ) -> float:
-    """One pass over the training batches; returns the mean plain MSE (without the penalty).
-
-    On the CPU an MLP computes its gradients by hand (``MLP.loss_and_grads``: autograd's
-    kernels without its graph, the same gradients in about half the time); with batch norm, or
-    on a GPU, autograd does. The loss is accumulated on the device and read once per epoch: a
-    ``.item()`` per step would synchronise every step.
-    """
-    model.train()
-    total = torch.zeros((), device=device)
-    n_rows = 0
-    manual = (
-        isinstance(model, MLP)
-        and model.supports_manual_grads
-        and device.type == "cpu"
-        and not AUTOGRAD_ONLY
-    )
-    params = list(model.parameters())
-    for x, y in batches(loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if manual:
-            mse, grads = model.loss_and_grads(x, y, l1, l2)
-            for p, grad in zip(params, grads, strict=True):
-                p.grad = grad  # replaces last step's: no zero_grad needed
-        else:
-            mse = nn.functional.mse_loss(model(x), y)
-            extra = penalty(model, l1, l2)
-            loss = mse if extra is None else mse + extra
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            mse = mse.detach()
-        optimizer.step()
-        total += mse * len(y)
-        n_rows += len(y)
-    return total.item() / n_rows
+    """One pass over the training batches; returns the mean plain MSE (without the penalty)."""
+    return make_epochs(model, loader, optimizer, device, l1, l2).train()
 
 
 @torch.no_grad()
@@ -341,12 +630,10 @@ class Trainer:
         self.stopper = EarlyStopping(cfg.patience, cfg.min_delta)
         self.state = TrainingState()
 
-    def _epoch(self, epoch: int) -> EpochRecord:
+    def _epoch(self, epochs: Epochs, epoch: int) -> EpochRecord:
         lr = _current_lr(self.optimizer)
-        train_loss = train_one_epoch(
-            self.model, self.loader, self.optimizer, self.device, self.cfg.l1, self.cfg.l2
-        )
-        valid_loss = evaluate(self.model, self.x_valid, self.y_valid)
+        train_loss = epochs.train()
+        valid_loss = epochs.evaluate(self.x_valid, self.y_valid)
         return EpochRecord(epoch, train_loss, valid_loss, lr)
 
     def fit(
@@ -354,14 +641,28 @@ class Trainer:
         on_epoch: Callable[[EpochRecord, EarlyStopping], None] | None = None,
         on_checkpoint: Callable[[Trainer], None] | None = None,
     ) -> FitResult:
+        with denormals_flushed(self.cfg.flush_denormal):
+            return self._fit(on_epoch, on_checkpoint)
+
+    def _fit(
+        self,
+        on_epoch: Callable[[EpochRecord, EarlyStopping], None] | None,
+        on_checkpoint: Callable[[Trainer], None] | None,
+    ) -> FitResult:
         start = time.perf_counter() - self.state.seconds
         stop_reason, message = "max_epochs", ""
+        # built here, after any load_state_dict: it normalises the rows with the model's
+        # statistics, which stay fixed while training
+        epochs = make_epochs(
+            self.model, self.loader, self.optimizer, self.device, self.cfg.l1, self.cfg.l2
+        )
+        live_state = self.model.state_dict()  # detached views: a best-state copy clones these
         if self.stopper.should_stop:  # resumed from a state saved at the stopping epoch
             stop_reason = "early_stopping"
         for epoch in range(self.state.epoch + 1, self.cfg.epochs + 1):
             if stop_reason == "early_stopping":
                 break
-            record = self._epoch(epoch)
+            record = self._epoch(epochs, epoch)
             if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
                 stop_reason = "diverged"
                 best = self.stopper.best_epoch if self.state.best_state is not None else None
@@ -369,7 +670,7 @@ class Trainer:
                 break
             self.state.history.append(record)
             if self.stopper.step(record.valid_loss, epoch):
-                self.state.best_state = _copy_state(self.model)
+                self.state.best_state = {k: v.clone() for k, v in live_state.items()}
             if self.scheduler is not None:
                 if self.cfg.scheduler == "plateau":
                     self.scheduler.step(record.valid_loss)

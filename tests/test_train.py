@@ -24,7 +24,7 @@ from covidreg.data import (
     resolve_features,
 )
 from covidreg.errors import CovidRegError
-from covidreg.model import MLP, build_model
+from covidreg.model import ManualMLP, build_model
 from covidreg.train import (
     EarlyStopping,
     EpochRecord,
@@ -254,7 +254,8 @@ def test_build_scheduler_by_name(name: str, cls: type, attributes: dict[str, Any
 def scripted_valid_losses(monkeypatch: pytest.MonkeyPatch, losses: list[float]) -> None:
     """Make Trainer see ``losses`` as its validation losses, epoch by epoch."""
     script = iter(losses)
-    monkeypatch.setattr(train_module, "evaluate", lambda model, x, y: next(script))
+    for epochs in (train_module.AutogradEpochs, train_module.HandWrittenEpochs):
+        monkeypatch.setattr(epochs, "evaluate", lambda self, x, y: next(script))
 
 
 @pytest.mark.parametrize(
@@ -349,18 +350,37 @@ HAND_WRITTEN_CASES = {
     "leaky-relu-l1": {"activation": "leaky_relu", "l1": 1e-3},
     "sigmoid-l2-delta": {"activation": "sigmoid", "l2": 1e-2, "target": "delta"},
     "relu-l1-l2-dropout": {"l1": 1e-3, "l2": 1e-2, "dropout": 0.3, "hidden": [16, 8]},
+    "sgd-nesterov-decay": {"optimizer": "sgd", "nesterov": True, "weight_decay": 1e-2},
+    "sgd-no-momentum": {"optimizer": "sgd", "momentum": 0.0},
+    "adamw-cosine": {"optimizer": "adamw", "weight_decay": 1e-2, "scheduler": "cosine"},
+    "adagrad-step-lr": {"optimizer": "adagrad", "scheduler": "step", "step_size": 2},
+    "rmsprop": {"optimizer": "rmsprop", "momentum": 0.5},  # no fused kernel: step()
 }
+
+
+def count_direct_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Epochs whose optimizer steps called the fused kernel directly."""
+    calls = [0]
+    real = train_module.fused_kernel_step
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        step = real(*args, **kwargs)
+        calls[0] += step is not None
+        return step
+
+    monkeypatch.setattr(train_module, "fused_kernel_step", counted)
+    return calls
 
 
 def count_hand_written_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = [0]
-    real = MLP.loss_and_grads
+    real = ManualMLP.backward
 
-    def counted(self: MLP, *args: Any, **kwargs: Any) -> Any:
+    def counted(self: ManualMLP, *args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(MLP, "loss_and_grads", counted)
+    monkeypatch.setattr(ManualMLP, "backward", counted)
     return calls
 
 
@@ -370,10 +390,13 @@ def test_hand_written_gradients_train_exactly_like_autograd(
 ) -> None:
     cfg = config(epochs=6, **changes)
     calls = count_hand_written_steps(monkeypatch)
+    direct = count_direct_steps(monkeypatch)
     fast = make_trainer(cfg, split, seed=4)
     fast_result = fast.fit()
     rng_after_fast = torch.get_rng_state()
     assert calls[0] == 6 * len(fast.loader)  # every step took the hand-written path
+    # after the first step() made the optimizer's state, its kernel is called directly
+    assert direct[0] == (0 if cfg.optimizer == "rmsprop" else 6)  # once per epoch
     monkeypatch.setattr(train_module, "AUTOGRAD_ONLY", True)
     slow = make_trainer(cfg, split, seed=4)
     slow_result = slow.fit()
@@ -387,6 +410,111 @@ def test_hand_written_gradients_train_exactly_like_autograd(
     ):
         assert_same_state(fast_state, slow_state)
     assert torch.equal(torch.get_rng_state(), rng_after_fast)  # the same dropout draws
+
+
+# --- the optimizer's fused kernel, called directly ---------------------------------------------
+
+FUSED_CASES = {
+    "sgd": {"optimizer": "sgd", "momentum": 0.0},
+    "sgd-momentum": {"optimizer": "sgd", "momentum": 0.9},
+    "sgd-nesterov-decay": {"optimizer": "sgd", "nesterov": True, "weight_decay": 1e-2},
+    "adam": {"optimizer": "adam"},
+    "adam-decay": {"optimizer": "adam", "weight_decay": 1e-2},
+    "adamw": {"optimizer": "adamw", "weight_decay": 1e-2},
+    "adagrad": {"optimizer": "adagrad", "weight_decay": 1e-3},
+    "two-groups": {"optimizer": "adam", "output_lr": 3e-3, "hidden": [16, 8]},
+}
+
+
+def step_pair(cfg: Config) -> tuple[list[nn.Parameter], torch.optim.Optimizer, Any]:
+    torch.manual_seed(0)
+    model = build_model(cfg, NAMES)
+    optimizer = build_optimizer(model, cfg)
+    return list(model.parameters()), optimizer, build_scheduler(optimizer, cfg)
+
+
+@pytest.mark.parametrize("changes", list(FUSED_CASES.values()), ids=list(FUSED_CASES))
+def test_the_direct_fused_kernel_steps_exactly_like_step(changes: dict[str, Any]) -> None:
+    cfg = config(lr=0.05, scheduler="step", step_size=2, gamma=0.5, **changes)
+    public_params, public, public_scheduler = step_pair(cfg)
+    direct_params, direct, direct_scheduler = step_pair(cfg)
+    generator = torch.Generator().manual_seed(1)
+    for n in range(7):
+        grads = [torch.randn(p.shape, generator=generator) for p in public_params]
+        grads[0][:3] = 0.0  # weights a batch does not reach
+        for p, grad in zip(public_params, grads, strict=True):
+            p.grad = grad.clone()
+        public.step()
+        step = train_module.optimizer_step(direct, direct_params, direct=n > 0)
+        if n > 0:
+            assert train_module.fused_kernel_step(direct, direct_params) is not None
+        step([grad.clone() for grad in grads])
+        public_scheduler.step()  # the learning rate changes every 2 steps
+        direct_scheduler.step()
+    for p, q in zip(public_params, direct_params, strict=True):
+        assert torch.equal(p, q)
+    public_state, direct_state = public.state_dict(), direct.state_dict()
+    assert public_state["param_groups"] == direct_state["param_groups"]
+    for key, state in public_state["state"].items():
+        assert_same_state(state, direct_state["state"][key])
+
+
+def test_the_direct_fused_kernel_is_not_used_where_it_does_not_apply() -> None:
+    def direct(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> Any:
+        return train_module.fused_kernel_step(optimizer, params)
+
+    cfg = config(optimizer="sgd", momentum=0.9)
+    params, optimizer, _ = step_pair(cfg)
+    assert direct(optimizer, params) is None  # no momentum buffers before the first step
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert direct(optimizer, params) is not None
+    handle = optimizer.register_step_post_hook(lambda *args: None)
+    assert direct(optimizer, params) is None  # a hook would be skipped
+    handle.remove()
+    assert direct(optimizer, params[:2]) is None  # parameters it was not given
+    rmsprop_params, rmsprop, _ = step_pair(config(optimizer="rmsprop"))
+    assert direct(rmsprop, rmsprop_params) is None  # no fused kernel
+    unfused = torch.optim.Adam(params, lr=0.01)
+    unfused.step()
+    assert direct(unfused, params) is None
+    wrapped = train_module.optimizer_step(unfused, params)
+    before = params[0].detach().clone()
+    wrapped([torch.ones_like(p) for p in params])  # falls back to step()
+    assert not torch.equal(params[0], before)
+
+
+# --- subnormal floats ----------------------------------------------------------------------------
+
+FLUSH_SUPPORTED = torch.set_flush_denormal(False)  # False is also the default
+
+
+@pytest.mark.skipif(not FLUSH_SUPPORTED, reason="this CPU cannot flush subnormal floats")
+def test_denormals_flushed_sets_the_mode_and_restores_it() -> None:
+    tiny = torch.full((1,), 2e-38)
+    assert not train_module.flushing_denormals()
+    assert (tiny * 0.25).item() > 0  # IEEE: a subnormal result
+    with train_module.denormals_flushed(True):
+        assert train_module.flushing_denormals()
+        assert (tiny * 0.25).item() == 0.0
+        with train_module.denormals_flushed(False):
+            assert not train_module.flushing_denormals()
+        assert train_module.flushing_denormals()
+    assert not train_module.flushing_denormals()
+    with pytest.raises(KeyError), train_module.denormals_flushed(True):
+        raise KeyError("boom")
+    assert not train_module.flushing_denormals()
+
+
+@pytest.mark.skipif(not FLUSH_SUPPORTED, reason="this CPU cannot flush subnormal floats")
+@pytest.mark.parametrize("flush", [True, False])
+def test_training_flushes_denormals_only_inside_its_loop(split: Split, flush: bool) -> None:
+    seen: list[bool] = []
+    trainer = make_trainer(config(epochs=3, flush_denormal=flush), split)
+    trainer.fit(on_epoch=lambda record, stopper: seen.append(train_module.flushing_denormals()))
+    assert seen == [flush] * 3
+    assert not train_module.flushing_denormals()
 
 
 def test_batch_norm_trains_with_autograd(split: Split, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -454,20 +582,16 @@ def test_divergence_stops_and_keeps_the_best_weights(
     split: Split, monkeypatch: pytest.MonkeyPatch, which: str
 ) -> None:
     trainer = make_trainer(config(epochs=20), split)
-    real_evaluate, real_epoch = train_module.evaluate, train_module.train_one_epoch
+    epochs = train_module.HandWrittenEpochs
+    method = "evaluate" if which == "valid" else "train"
+    real = getattr(epochs, method)
     calls = {"n": 0}
 
-    def nan_at_epoch_4(real: Any) -> Any:
-        def scripted(*args: Any, **kwargs: Any) -> float:
-            calls["n"] += 1
-            return math.nan if calls["n"] == 4 else real(*args, **kwargs)
+    def nan_at_epoch_4(*args: Any, **kwargs: Any) -> float:
+        calls["n"] += 1
+        return math.nan if calls["n"] == 4 else real(*args, **kwargs)
 
-        return scripted
-
-    if which == "valid":
-        monkeypatch.setattr(train_module, "evaluate", nan_at_epoch_4(real_evaluate))
-    else:
-        monkeypatch.setattr(train_module, "train_one_epoch", nan_at_epoch_4(real_epoch))
+    monkeypatch.setattr(epochs, method, nan_at_epoch_4)
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     result = trainer.fit(
         on_epoch=lambda r, s: snapshots.update({r.epoch: copy_state(trainer.model)})
@@ -476,7 +600,7 @@ def test_divergence_stops_and_keeps_the_best_weights(
     assert "diverged at epoch 4" in result.message
     assert [r.epoch for r in result.history] == [1, 2, 3]
     assert_same_state(copy_state(trainer.model), snapshots[result.best_epoch])
-    assert real_evaluate(trainer.model, split.x_valid, split.y_valid) == result.best_valid_mse
+    assert evaluate(trainer.model, split.x_valid, split.y_valid) == result.best_valid_mse
 
 
 def test_divergence_in_the_first_epoch_is_an_error(
