@@ -545,7 +545,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "else data/ in the repository).",
     )
     parser.add_argument("--epochs-low", type=int, default=100, help="Lower epoch count.")
-    parser.add_argument("--epochs-high", type=int, default=400, help="Higher epoch count.")
+    parser.add_argument("--epochs-high", type=int, default=1000, help="Higher epoch count.")
     parser.add_argument(
         "--repeats", type=int, default=3, help="Runs per program and epoch count (fastest kept)."
     )

@@ -496,11 +496,17 @@ class ShuffledBatches(torch.utils.data.Sampler):
         return -(-self.n_rows // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        order, _ = self.epoch_order()
+        yield from order.split(self.batch_size)
+
+    def epoch_order(self) -> tuple[torch.Tensor, list[int]]:
+        """The next epoch's rows in batch order, and the batch sizes; what iterating gives."""
         if self.shuffle:
             order = torch.randperm(self.n_rows, generator=self.generator)
         else:
             order = torch.arange(self.n_rows)
-        yield from order.split(self.batch_size)
+        full, rest = divmod(self.n_rows, self.batch_size)
+        return order, [self.batch_size] * full + ([rest] if rest else [])
 
 
 def _seed_worker(worker_id: int) -> None:

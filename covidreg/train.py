@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from covidreg.config import Config
-from covidreg.data import HW01Dataset
+from covidreg.data import HW01Dataset, ShuffledBatches
 from covidreg.errors import CovidRegError
 from covidreg.model import MLP, ManualMLP
 
@@ -449,7 +449,7 @@ class HandWrittenEpochs:
         dataset = loader.dataset
         self.x, self.skip, self.y = self._prepare(dataset.x, dataset.y)
         self._valid: tuple[torch.Tensor, ...] | None = None
-        self.stepped = False  # whether optimizer.step() ran since this object was made
+        self.step: StepFn | None = None  # made after the first step() (the fit's first step)
         self.gathered: torch.Tensor | None = None  # the epoch's rows of x, in batch order
 
     def _prepare(
@@ -458,10 +458,17 @@ class HandWrittenEpochs:
         """Normalised inputs, the delta target's raw column and the target column."""
         return self.manual.normalize(x), self.manual.skip_values(x), y.unsqueeze(-1)
 
-    def train(self) -> float:
-        index_batches = list(self.loader.sampler)
+    def _epoch_order(self) -> tuple[torch.Tensor, list[int]]:
+        """The rows of the epoch's batches, back to back, and the batch sizes."""
+        sampler = self.loader.sampler
+        if isinstance(sampler, ShuffledBatches):
+            return sampler.epoch_order()  # what iterating it gives, without the split
+        index_batches = list(sampler)
         sizes = [len(indices) for indices in index_batches]
-        order = torch.cat([torch.as_tensor(indices) for indices in index_batches])
+        return torch.cat([torch.as_tensor(indices) for indices in index_batches]), sizes
+
+    def train(self) -> float:
+        order, sizes = self._epoch_order()
         if self.gathered is None or len(self.gathered) != len(order):
             self.gathered = self.x.new_empty((len(order), self.x.shape[1]))
         # into the same buffer every epoch: a fresh one of this size would be new pages from
@@ -475,16 +482,16 @@ class HandWrittenEpochs:
         )
         errors = torch.empty_like(y)
         manual, l1, l2 = self.manual, self.l1, self.l2
-        # the first step of a fit goes through step(): it creates the optimizer's state
-        step = optimizer_step(self.optimizer, self.params, direct=self.stepped)
+        # the first step goes through step(): it creates the optimizer's state, which the
+        # direct kernel then updates in place for the rest of the fit
+        step = self.step or optimizer_step(self.optimizer, self.params, direct=False)
         targets, batch_errors = y.split_with_sizes(sizes), errors.split_with_sizes(sizes)
         for x, target, skip, error in zip(xs, targets, skips, batch_errors, strict=True):
             out, saved = manual.forward(x, skip, True)
             torch.sub(out, target, out=error)
             step(manual.backward(saved, manual.loss_gradient(error), l1, l2))
-            if not self.stepped:
-                self.stepped = True
-                step = optimizer_step(self.optimizer, self.params)
+            if self.step is None:
+                step = self.step = optimizer_step(self.optimizer, self.params)
         return errors.square().mean().item()
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:

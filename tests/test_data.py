@@ -853,6 +853,19 @@ def test_shuffled_batches_are_reproducible_and_change_each_epoch() -> None:
     assert not torch.equal(first[0], other[0])
 
 
+@pytest.mark.parametrize(("n_rows", "batch_size"), [(23, 5), (40, 8), (7, 7), (3, 10)])
+def test_epoch_order_is_what_iterating_gives(n_rows: int, batch_size: int) -> None:
+    def sampler() -> ShuffledBatches:
+        return ShuffledBatches(n_rows, batch_size, True, torch.Generator().manual_seed(3))
+
+    iterated, ordered = sampler(), sampler()
+    for _ in range(3):  # the generator moves on alike, epoch after epoch
+        batches = list(iterated)
+        order, sizes = ordered.epoch_order()
+        assert sizes == [len(b) for b in batches]
+        assert torch.equal(order, torch.cat(batches))
+
+
 def test_unshuffled_batches_are_in_order() -> None:
     batches = list(ShuffledBatches(10, 4, shuffle=False, generator=None))
     assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
