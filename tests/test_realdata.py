@@ -174,3 +174,40 @@ def test_cv_predict_on_real_data(real_data_dir: Path, tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_folds"] == 3 and len(summary["folds"]) == 3
     assert all((out / f"fold_{k}" / "model.pt").is_file() for k in (1, 2, 3))
+
+
+def test_flushing_subnormals_changes_no_result_on_the_real_data(real_data_dir: Path) -> None:
+    """With the sample config, the momentum of one-hot weights no batch reaches decays into
+    subnormal floats; flushing them to zero (the default) gives the same training, bit for bit."""
+    from covidreg.config import resolve_config
+    from covidreg.data import holdout_split
+    from covidreg.experiment import FittedModel, fit_model, load_data
+
+    overrides = {
+        "epochs": 300,
+        "patience": 0,
+        "train_csv": str(real_data_dir / "covid.train.csv"),
+        "test_csv": "",
+    }
+    fits = {}
+    for flush in (True, False):
+        cfg = resolve_config(SAMPLE_CONFIG, {**overrides, "flush_denormal": flush})
+        data = load_data(cfg)
+        train_idx, valid_idx = holdout_split(
+            data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
+        )
+        fits[flush] = fit_model(cfg, data, train_idx, valid_idx, cfg.seed)
+
+    def subnormals(fitted: FittedModel) -> int:
+        assert fitted.trainer is not None
+        buffers = [s["momentum_buffer"] for s in fitted.trainer.optimizer.state.values()]
+        tiny = torch.finfo(torch.float32).tiny
+        return sum(int(((b != 0) & (b.abs() < tiny)).sum()) for b in buffers)
+
+    assert subnormals(fits[False]) > 0  # they do occur without flushing
+    assert subnormals(fits[True]) == 0
+    flushed, kept = fits[True].model.state_dict(), fits[False].model.state_dict()
+    assert all(torch.equal(flushed[k], kept[k]) for k in flushed)
+    assert [vars(r) for r in fits[True].result.history] == [
+        vars(r) for r in fits[False].result.history
+    ]
