@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim import optimizer as optimizer_module
 
 from covidreg.config import Config
 from covidreg.data import HW01Dataset, ShuffledBatches
@@ -174,7 +175,14 @@ def fused_kernel_step(
     with step hooks (they would be skipped). Callers let ``step()`` run first: it creates the
     state and tells an LR scheduler the optimizer has stepped.
     """
-    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+    hooks = [
+        getattr(optimizer, "_optimizer_step_pre_hooks", None),
+        getattr(optimizer, "_optimizer_step_post_hooks", None),
+        # the hooks torch.optim.optimizer.register_optimizer_step_*_hook add for every optimizer
+        getattr(optimizer_module, "_global_optimizer_pre_hooks", None),
+        getattr(optimizer_module, "_global_optimizer_post_hooks", None),
+    ]
+    if any(hooks):
         return None
     position = {p: i for i, p in enumerate(params)}
     kernels: list[tuple[list[int], StepFn]] = []

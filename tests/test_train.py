@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from covidreg import train as train_module
 from covidreg.config import Config
@@ -479,6 +480,10 @@ def test_the_direct_fused_kernel_is_not_used_where_it_does_not_apply() -> None:
     handle = optimizer.register_step_post_hook(lambda *args: None)
     assert direct(optimizer, params) is None  # a hook would be skipped
     handle.remove()
+    handle = register_optimizer_step_pre_hook(lambda *args: None)
+    assert direct(optimizer, params) is None  # a hook for every optimizer, too
+    handle.remove()
+    assert direct(optimizer, params) is not None
     assert direct(optimizer, params[:2]) is None  # parameters it was not given
     rmsprop_params, rmsprop, _ = step_pair(config(optimizer="rmsprop"))
     assert direct(rmsprop, rmsprop_params) is None  # no fused kernel
