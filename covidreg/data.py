@@ -146,9 +146,36 @@ def _column_label(pos: int, has_target: bool) -> str:
     return f"'{names[pos - 1]}' (column {pos + 1})"
 
 
+def _read_numbers(path: Path, n_cols: int) -> np.ndarray | None:
+    """The cells as float64 through pandas' C number parser, or None unless every cell is a
+    finite number in a row of ``n_cols`` fields: the common case, in a tenth of the time of
+    the cell-by-cell path, which then runs only to find and name the problem."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(
+            path,
+            header=None,
+            skiprows=1,
+            dtype=np.float64,
+            keep_default_na=False,
+            skip_blank_lines=True,
+            encoding="utf-8-sig",
+        )
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    array = frame.to_numpy(dtype=np.float64)
+    if len(array) == 0 or array.shape[1] != n_cols or not np.isfinite(array).all():
+        return None
+    return array
+
+
 def _parse_cells(path: Path, what: str, n_cols: int, has_target: bool) -> np.ndarray:
     import pandas as pd
 
+    numbers = _read_numbers(path, n_cols)
+    if numbers is not None:
+        return numbers
     try:
         frame = pd.read_csv(
             path,

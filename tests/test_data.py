@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from covidreg import data as data_module
 from covidreg.data import (
     DAILY,
     FEATURE_NAMES,
@@ -473,6 +476,53 @@ def test_loader_raises_only_covidreg_errors(
     assert (table.features[:, : len(STATES)].sum(axis=1) == 1).all()
     if require_target is not None:
         assert (table.target is not None) == require_target
+
+
+def read_outcome(path: Path, require_target: bool | None) -> tuple[str, Any]:
+    try:
+        table = read_hw01_csv(path, require_target=require_target)
+    except CovidRegError as exc:
+        return "error", str(exc)
+    return "table", (table.ids, table.features, table.target)
+
+
+@settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    data=corrupted_csv(),
+    require_target=st.sampled_from([None, True, False]),
+    padding=st.sampled_from(["", " ", "\t"]),
+)
+def test_the_fast_number_reader_changes_no_outcome(
+    tmp_path_factory: pytest.TempPathFactory,
+    data: bytes,
+    require_target: bool | None,
+    padding: str,
+) -> None:
+    """pandas' C number parser reads clean files; the cell-by-cell path, which names the first
+    bad cell, must give the same table or the same error for any file."""
+    path = tmp_path_factory.getbasetemp() / "fast.csv"
+    path.write_bytes(data.replace(b",", f"{padding},{padding}".encode()))
+    fast = read_outcome(path, require_target)
+    with mock.patch.object(data_module, "_read_numbers", return_value=None):
+        cell_by_cell = read_outcome(path, require_target)
+    assert fast[0] == cell_by_cell[0]
+    if fast[0] == "error":
+        assert fast[1] == cell_by_cell[1]
+    else:
+        for got, want in zip(fast[1], cell_by_cell[1], strict=True):
+            assert (got is None and want is None) or np.array_equal(got, want)
+
+
+def test_a_clean_file_takes_the_fast_number_reader(tmp_path: Path) -> None:
+    path = tmp_path / "clean.csv"
+    rows = synthetic_rows(2, 5)
+    cells = [list(TRAIN_HEADER)] + [[str(i), *(f"{v:.7g}" for v in r)] for i, r in enumerate(rows)]
+    numbers = data_module._read_numbers(write_cells(path, cells), len(TRAIN_HEADER))
+    assert numbers is not None and numbers.shape == (10, len(TRAIN_HEADER))
+    cells[3][7] = "x"
+    assert data_module._read_numbers(write_cells(path, cells), len(TRAIN_HEADER)) is None
 
 
 # --- features ------------------------------------------------------------------------------------
