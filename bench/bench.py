@@ -219,11 +219,15 @@ class Series:
 def measure_epoch_costs(
     runners: Sequence[Runner], low: int, high: int, repeats: int
 ) -> list[EpochCost | str]:
-    """Each round runs every program at both counts, so a burst of outside load hits all alike."""
+    """Each round runs every program at both counts, so a burst of outside load hits all alike.
+
+    The order of the two counts alternates from round to round: a run right after another
+    program's long run can start slower, and that must not always fall on the same count.
+    """
     series = [Series(runner) for runner in runners]
-    for _ in range(repeats):
+    for round_ in range(repeats):
         for one in series:
-            for epochs in (low, high):
+            for epochs in (low, high) if round_ % 2 == 0 else (high, low):
                 one.run(epochs)
     return [one.cost(low, high) for one in series]
 
