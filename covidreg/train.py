@@ -723,7 +723,7 @@ class Trainer:
         return {
             "epoch": self.state.epoch,
             "seconds": self.state.seconds,
-            "history": [vars(r).copy() for r in self.state.history],
+            "history": _history_columns(self.state.history),
             "model": _copy_state(self.model),
             "best_state": self.state.best_state,
             "optimizer": self.optimizer.state_dict(),
@@ -742,7 +742,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = TrainingState(
             epoch=int(state["epoch"]),
-            history=[EpochRecord(**r) for r in state["history"]],
+            history=_history_records(state["history"]),
             best_state=state["best_state"],
             seconds=float(state["seconds"]),
         )
@@ -759,6 +759,26 @@ class Trainer:
         _set_python_state(rng["python"])
         self.loader.sampler.generator.set_state(rng["batch_order"])
         self.loader.generator.set_state(rng["loader"])
+
+
+def _history_columns(history: list[EpochRecord]) -> dict[str, torch.Tensor]:
+    """The history as one tensor per field: a training state is saved every few epochs, and
+    pickling thousands of small dicts each time cost more than the rest of it together."""
+    return {
+        "epoch": torch.tensor([r.epoch for r in history], dtype=torch.int64),
+        "train_loss": torch.tensor([r.train_loss for r in history], dtype=torch.float64),
+        "valid_loss": torch.tensor([r.valid_loss for r in history], dtype=torch.float64),
+        "lr": torch.tensor([r.lr for r in history], dtype=torch.float64),
+    }
+
+
+def _history_records(saved: dict[str, torch.Tensor] | list[dict[str, Any]]) -> list[EpochRecord]:
+    """``_history_columns`` read back (float64 holds each Python float exactly); a list of dicts
+    is how earlier versions saved it."""
+    if isinstance(saved, list):
+        return [EpochRecord(**r) for r in saved]
+    columns = [saved[k].tolist() for k in ("epoch", "train_loss", "valid_loss", "lr")]
+    return [EpochRecord(*row) for row in zip(*columns, strict=True)]
 
 
 def _numpy_state() -> dict[str, Any]:

@@ -708,6 +708,25 @@ def test_resume_from_state_is_bit_identical(split: Split) -> None:
     )
 
 
+def test_the_saved_history_reads_back_exactly() -> None:
+    history = [
+        EpochRecord(1, 0.1 + 0.2, 1e-300, 1e-3),
+        EpochRecord(2, 2.0 / 3.0, 123456.789, 0.1),
+        EpochRecord(3, 5e-324, 1.0, 0.0),
+    ]
+    columns = train_module._history_columns(history)
+    assert all(isinstance(v, torch.Tensor) for v in columns.values())  # cheap to save
+    buffer = io.BytesIO()
+    torch.save(columns, buffer)
+    buffer.seek(0)
+    restored = train_module._history_records(torch.load(buffer, weights_only=True))
+    assert [vars(r) for r in restored] == [vars(r) for r in history]
+    assert all(type(r.epoch) is int and type(r.lr) is float for r in restored)
+    # the list of dicts earlier versions saved still reads
+    assert train_module._history_records([vars(r) for r in history]) == history
+    assert train_module._history_records(train_module._history_columns([])) == []
+
+
 def test_resolve_device() -> None:
     assert resolve_device("cpu") == CPU
     expected = "cuda" if torch.cuda.is_available() else "cpu"
