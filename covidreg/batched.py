@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from covidreg.config import Config
-from covidreg.data import Arrays
+from covidreg.data import Arrays, gather_rows
 from covidreg.errors import CovidRegError
 from covidreg.experiment import FittedModel, LoadedData, OnEpoch, prepare_model
 from covidreg.model import ACTIVATION_BACKWARD, ACTIVATIONS, MLP
@@ -318,12 +318,8 @@ class _Inputs:
         """x, y and skip of the flattened rows ``index``, split into steps: each step's
         tensors are [K, batch_size, ...] slices of one gathered block."""
         n_folds, length = self.y.shape
-        flat = self.x.view(n_folds * length, -1)
-        if self.gathered is None or self.gathered.shape[0] != len(index):
-            self.gathered = flat.new_empty((len(index), flat.shape[1]))
-        # into the same buffer every epoch: a fresh one of this size would be new pages from
-        # the system each time, and touching them first costs more than the copy
-        x = torch.index_select(flat, 0, index, out=self.gathered).view(*shape, -1)
+        self.gathered = gather_rows(self.x.view(n_folds * length, -1), index, self.gathered)
+        x = self.gathered.view(*shape, -1)
         y = self.y.view(-1).index_select(0, index).view(shape)
         if self.skip is None:
             return list(x.unbind(0)), list(y.unbind(0)), None

@@ -8,7 +8,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch import nn
 from torch.optim import optimizer as optimizer_module
 
 from covidreg.config import Config
-from covidreg.data import HW01Dataset, ShuffledBatches
+from covidreg.data import HW01Dataset, ShuffledBatches, gather_rows
 from covidreg.errors import CovidRegError
 from covidreg.model import MLP, ManualMLP
 
@@ -368,6 +368,16 @@ def penalty(model: nn.Module, l1: float, l2: float) -> torch.Tensor | None:
     return total
 
 
+def epoch_order(sampler: Iterable[Any]) -> tuple[torch.Tensor, list[int]]:
+    """The rows of one epoch's batches back to back, and the batch sizes (the sampler moves on
+    by one epoch, as iterating it would)."""
+    if isinstance(sampler, ShuffledBatches):
+        return sampler.epoch_order()  # what iterating it gives, without the split
+    index_batches = list(sampler)
+    sizes = [len(indices) for indices in index_batches]
+    return torch.cat([torch.as_tensor(indices) for indices in index_batches]), sizes
+
+
 def batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The loader's batches; in-process loaders are read straight from sampler and dataset.
 
@@ -377,12 +387,11 @@ def batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor,
     if loader.num_workers > 0 or loader.batch_size is not None:
         return iter(loader)
     dataset = loader.dataset
-    index_batches = list(loader.sampler)
     if not isinstance(dataset, HW01Dataset) or dataset.y is None:
-        return (dataset[indices] for indices in index_batches)
+        return (dataset[indices] for indices in list(loader.sampler))
     # one gather for the whole epoch, then each batch is a contiguous view of it
-    x, y = dataset[torch.cat(index_batches)]
-    sizes = [len(indices) for indices in index_batches]
+    order, sizes = epoch_order(loader.sampler)
+    x, y = dataset[order]
     return zip(x.split(sizes), y.split(sizes), strict=True)
 
 
@@ -466,22 +475,10 @@ class HandWrittenEpochs:
         """Normalised inputs, the delta target's raw column and the target column."""
         return self.manual.normalize(x), self.manual.skip_values(x), y.unsqueeze(-1)
 
-    def _epoch_order(self) -> tuple[torch.Tensor, list[int]]:
-        """The rows of the epoch's batches, back to back, and the batch sizes."""
-        sampler = self.loader.sampler
-        if isinstance(sampler, ShuffledBatches):
-            return sampler.epoch_order()  # what iterating it gives, without the split
-        index_batches = list(sampler)
-        sizes = [len(indices) for indices in index_batches]
-        return torch.cat([torch.as_tensor(indices) for indices in index_batches]), sizes
-
     def train(self) -> float:
-        order, sizes = self._epoch_order()
-        if self.gathered is None or len(self.gathered) != len(order):
-            self.gathered = self.x.new_empty((len(order), self.x.shape[1]))
-        # into the same buffer every epoch: a fresh one of this size would be new pages from
-        # the system each time, and touching them first costs about as much as the copy
-        xs = torch.index_select(self.x, 0, order, out=self.gathered).split_with_sizes(sizes)
+        order, sizes = epoch_order(self.loader.sampler)
+        self.gathered = gather_rows(self.x, order, self.gathered)
+        xs = self.gathered.split_with_sizes(sizes)
         y = self.y.index_select(0, order)
         skips = (
             [None] * len(sizes)
