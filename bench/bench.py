@@ -118,8 +118,10 @@ class DataFiles:
     test_csv: Path
 
 
-def covidreg_argv(command: str, epochs: int, out: Path, data: DataFiles) -> list[str]:
-    argv = [sys.executable, "-m", "covidreg", command]
+def covidreg_argv(
+    command: str, epochs: int, out: Path, data: DataFiles, extra: Sequence[str] = ()
+) -> list[str]:
+    argv = [sys.executable, "-m", "covidreg", command, *extra]
     if command == "cv":
         argv += ["--folds", "5"]
     argv += ["--config", str(SAMPLE_CONFIG), "--epochs", str(epochs), "--patience", "0"]
@@ -129,14 +131,16 @@ def covidreg_argv(command: str, epochs: int, out: Path, data: DataFiles) -> list
     return [*argv, "--train-csv", str(data.train_csv), "--test-csv", str(data.test_csv)]
 
 
-def run_covidreg(command: str, epochs: int, data: DataFiles) -> tuple[ChildRun, dict[str, float]]:
+def run_covidreg(
+    command: str, epochs: int, data: DataFiles, extra: Sequence[str] = ()
+) -> tuple[ChildRun, dict[str, float]]:
     """One covidreg run into a throw-away directory, and what its ``metrics.json`` reports.
 
     With patience 0 every requested epoch must run; ``epochs_run`` is checked when present.
     """
     with tempfile.TemporaryDirectory(prefix=f"covidreg-bench-{command}-") as tmp:
         out = Path(tmp) / "run"
-        run = run_child(covidreg_argv(command, epochs, out, data))
+        run = run_child(covidreg_argv(command, epochs, out, data, extra))
         metrics_path = out / "metrics.json"
         if not run.ok or command != "train" or not metrics_path.is_file():
             return run, {}
@@ -352,6 +356,7 @@ class Measurements:
     samples: dict[int, EpochCost | str]  # by --sample-threads setting (0: torch's default)
     train: EpochCost | str
     cv: EpochCost | str
+    cv_forked: EpochCost | str  # cv --fold-processes 0: one process per usable core
     help: HelpTiming | str
     imports: list[str] | str
 
@@ -381,13 +386,14 @@ class Measurements:
             return "n/a"
         return self.sample.loop_ms_per_epoch / self.train.loop_ms_per_epoch
 
-    def cv_ratio(self) -> float | str:
+    def cv_ratio(self, cv: EpochCost | str | None = None) -> float | str:
         """Whole-process wall time of cv over train's, at the high epoch count."""
-        if isinstance(self.cv, str):
-            return self.cv
+        cv = self.cv if cv is None else cv
+        if isinstance(cv, str):
+            return cv
         if not isinstance(self.train, EpochCost):
             return "n/a (no covidreg train time)"
-        return self.cv.wall_high_s / self.train.wall_high_s
+        return cv.wall_high_s / self.train.wall_high_s
 
     def cv_epoch_ratio(self) -> float | str:
         """Marginal cost of a cv epoch (all 5 folds) over a train epoch: the ratio that more
@@ -399,9 +405,14 @@ class Measurements:
         return self.cv.ms_per_epoch / self.train.ms_per_epoch
 
 
+def usable_cpus() -> int:
+    cores = os.cpu_count() or 0
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+
+
 def machine_lines(args: argparse.Namespace, data: DataFiles, m: Measurements) -> list[str]:
     cores = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    usable = usable_cpus()
     settings = ", ".join(thread_label(m, setting) for setting in m.samples)
     return [
         f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
@@ -495,6 +506,19 @@ def detail_rows(m: Measurements) -> list[Row]:
         (f"cv-5 wall s ({m.high} epochs)", field_of(cv, "wall_high_s"), ".2f"),
         ("cv-5 ms/epoch (all 5 folds)", field_of(cv, "ms_per_epoch"), ".2f"),
         ("cv-5 / train per-epoch ratio", m.cv_epoch_ratio(), ".2f"),
+        ("cv-5 CPU ms/epoch (all threads)", field_of(cv, "cpu_ms_per_epoch"), ".2f"),
+        (
+            f"cv-5 --fold-processes 0 ({usable_cpus()} processes) wall s",
+            field_of(m.cv_forked, "wall_high_s"),
+            ".2f",
+        ),
+        ("cv-5 --fold-processes 0 / train wall ratio", m.cv_ratio(m.cv_forked), ".2f"),
+        ("cv-5 --fold-processes 0 ms/epoch", field_of(m.cv_forked, "ms_per_epoch"), ".2f"),
+        (
+            "cv-5 --fold-processes 0 CPU ms/epoch (all processes)",
+            field_of(m.cv_forked, "cpu_ms_per_epoch"),
+            ".2f",
+        ),
         ("sample-loop peak memory MB (RSS)", field_of(sample, "max_rss_mib"), ".0f"),
         ("cv-5 peak memory MB (RSS)", field_of(cv, "max_rss_mib"), ".0f"),
         ("sample-loop CPU ms/epoch (all threads)", field_of(sample, "cpu_ms_per_epoch"), ".2f"),
@@ -598,13 +622,15 @@ def measure_all(args: argparse.Namespace, data: DataFiles) -> Measurements:
     runners: list[Runner] = [sample_runner(data, threads) for threads in settings]
     runners.append(lambda epochs: run_covidreg("train", epochs, data))
     runners.append(lambda epochs: run_covidreg("cv", epochs, data))
-    *samples, train, cv = measure_epoch_costs(runners, low, high, args.repeats)
+    runners.append(lambda epochs: run_covidreg("cv", epochs, data, ["--fold-processes", "0"]))
+    *samples, train, cv, cv_forked = measure_epoch_costs(runners, low, high, args.repeats)
     return Measurements(
         low=low,
         high=high,
         samples=dict(zip(settings, samples, strict=True)),
         train=train,
         cv=cv,
+        cv_forked=cv_forked,
         help=attempt("covidreg --help", lambda: time_help(args.help_runs)),
         imports=attempt("import check", heavy_imports),
     )

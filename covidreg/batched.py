@@ -8,19 +8,30 @@ weights of fold k are row k of one [K, P] tensor, each linear layer is one ``bad
 Each fold is still the run ``experiment.fit_model`` makes with the fold's seed: the same initial
 weights (built and seeded exactly as there, then stacked), its own normalisation statistics, its
 own batch order (its own seeded generator), its own optimizer state and step count, its own
-learning-rate schedule and early stopping, and its best weights restored at the end. Folds whose
+learning-rate schedule and early stopping, its own dropout masks (drawn from a copy of the RNG
+state its run would start from), and its best weights restored at the end. Folds whose
 training sets differ in size get padded batches: a per-row weight makes each fold's loss its own
 batch-mean MSE, and a per-fold step mask keeps a fold still at the steps it does not have and
-after it stopped. Without dropout the results equal the one-after-another loop to float
-rounding; with dropout each fold draws its own masks, so they agree only in distribution.
+after it stopped. The results equal the one-after-another loop to float rounding.
+
+With ``fold_processes`` above 1 the folds are split into groups of consecutive folds, each
+trained by its own forked process; since nothing a fold computes depends on the others, the
+results are bit-identical for any split.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import multiprocessing
+import os
+import signal
+import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -75,12 +86,14 @@ class FoldEvents:
 class _Fold:
     """What fold k keeps for itself beside its row of the weight stack."""
 
+    number: int  # 1-based, as reported
     model: MLP  # built and seeded as fit_model does; receives the best weights at the end
     mean: np.ndarray
     std: np.ndarray
     train: Arrays
     valid: Arrays
     batch_order: torch.Generator
+    dropout_masks: torch.Generator  # the global RNG's state where fit_model starts training
     stopper: EarlyStopping
     lr_optimizer: torch.optim.Optimizer  # holds the learning rates only, see _lr_schedule
     scheduler: Any
@@ -93,14 +106,24 @@ class _Fold:
 
 
 def _build_fold(
-    cfg: Config, data: LoadedData, train_idx: np.ndarray, valid_idx: np.ndarray, seed: int
+    cfg: Config,
+    data: LoadedData,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    seed: int,
+    number: int = 1,
 ) -> _Fold:
     """Seed, build and normalise exactly as ``experiment.fit_model`` does (same function)."""
     prepared = prepare_model(cfg, data, train_idx, valid_idx, seed)
+    # fit_model's dropout masks come from the global RNG as prepare_model leaves it; a copy of
+    # that state gives this fold the same masks, whatever other folds draw or where it trains
+    dropout_masks = torch.Generator()
+    dropout_masks.set_state(torch.get_rng_state())
     model, train, valid = prepared.model, prepared.train, prepared.valid
     mean, std = prepared.mean, prepared.std
     lr_optimizer, scheduler = _lr_schedule(model, cfg)
     return _Fold(
+        number=number,
         model=model,
         mean=mean,
         std=std,
@@ -108,6 +131,7 @@ def _build_fold(
         valid=valid,
         # make_loader orders the batches with a generator seeded with the run's seed
         batch_order=torch.Generator().manual_seed(seed),
+        dropout_masks=dropout_masks,
         stopper=EarlyStopping(cfg.patience, cfg.min_delta),
         lr_optimizer=lr_optimizer,
         scheduler=scheduler,
@@ -143,7 +167,13 @@ class _StackedMLP:
     operations as ``MLP.forward``).
     """
 
-    def __init__(self, models: list[MLP], cfg: Config, device: torch.device) -> None:
+    def __init__(
+        self,
+        models: list[MLP],
+        cfg: Config,
+        device: torch.device,
+        dropout_masks: list[torch.Generator] | None = None,
+    ) -> None:
         linears = self._linears(models[0])
         if sum(1 for _ in models[0].parameters()) != 2 * len(linears):
             raise CovidRegError("batched folds support linear layers only (no batch_norm)")
@@ -152,6 +182,8 @@ class _StackedMLP:
         self.n_folds = len(models)
         self.activation = ACTIVATIONS[cfg.activation]()
         self.dropout = cfg.dropout
+        # the hand-written step's per-fold mask generators (None: one draw from the global RNG)
+        self.dropout_masks = dropout_masks
         self.params = torch.stack([self._row(m) for m in models]).to(device)
         pieces = self.params.split(self.sizes, dim=1)
         self.leaves: list[torch.Tensor] = []
@@ -175,8 +207,8 @@ class _StackedMLP:
         # each weight's [K, out, in] transpose (views: they follow the in-place updates), for
         # the backward's grad @ W^T
         self.weights_t = [w.detach().transpose(1, 2) for w in self.leaves[0::2]]
-        # the head's weight gradient [K, H, 1] as [K, 1, H]: grad^T @ inputs, the same sums
-        # as autograd's inputs^T @ grad, in a third of the time (a row times a matrix)
+        # the head's weight gradient [K, H, 1] as [K, 1, H]: grad @ inputs with the outputs
+        # as a row [K, 1, rows] (a row times a matrix, a third of the column form's time)
         self.head_grad_row = self.grad_views[-2].view(self.n_folds, 1, self.shapes[-1][0])
 
     @staticmethod
@@ -201,14 +233,13 @@ class _StackedMLP:
         """Predictions [K, rows] for inputs x [K, rows, features]."""
         h = x
         last = len(self.shapes) - 1
-        for i in range(len(self.shapes)):
-            h = torch.baddbmm(self.leaves[2 * i + 1], h, self.leaves[2 * i])
-            if i < last:
-                h = self.activation(h)
-                if self.dropout > 0 and training:
-                    # elementwise masks over [K, rows, units]: every fold draws its own
-                    h = nn.functional.dropout(h, self.dropout, training=True)
-        out = h.squeeze(-1)
+        for i in range(last):
+            h = self.activation(torch.baddbmm(self.leaves[2 * i + 1], h, self.leaves[2 * i]))
+            if self.dropout > 0 and training:
+                # elementwise masks over [K, rows, units]: every fold draws its own
+                h = nn.functional.dropout(h, self.dropout, training=True)
+        head = self.leaves[2 * last].transpose(1, 2)
+        out = torch.baddbmm(self.leaves[2 * last + 1], head, h.transpose(1, 2)).squeeze(1)
         return out if skip is None else out + skip
 
     def loss_and_gradient(
@@ -218,9 +249,14 @@ class _StackedMLP:
         skip: torch.Tensor | None,
         row_weight: torch.Tensor,
         manual: bool | None = None,
+        batch_rows: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One training step's per-fold losses [K] (each fold's weighted batch MSE) and
         d(sum of them)/d(params) [K, P].
+
+        ``batch_rows``: each fold's rows in this step (0: the fold does not step); with
+        per-fold mask generators, dropout draws fold k's masks for exactly those rows, as its
+        DataLoader batch would in ``fit_model``.
 
         By hand (``manual``, the default where ``manual_grads``): the forward of ``__call__``
         and, step by step, the backward autograd runs over it (the same ATen kernels on the same
@@ -235,10 +271,15 @@ class _StackedMLP:
             per_fold = ((pred - y).square() * row_weight).sum(1)
             return per_fold.detach(), self.gradient(per_fold)
         with torch.no_grad():
-            return self._manual_step(x, y, skip, row_weight)
+            return self._manual_step(x, y, skip, row_weight, batch_rows)
 
     def _manual_step(
-        self, x: torch.Tensor, y: torch.Tensor, skip: torch.Tensor | None, row_weight: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        skip: torch.Tensor | None,
+        row_weight: torch.Tensor,
+        batch_rows: Sequence[int] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         leaves, views = self.leaves, self.grad_views
         last = len(self.shapes) - 1
@@ -247,32 +288,49 @@ class _StackedMLP:
         for i in range(last):
             pre = torch.baddbmm(leaves[2 * i + 1], a, leaves[2 * i])
             post = self.activation.forward(pre)  # the module's op, without its call overhead
-            noise = None
-            if self.dropout > 0:
-                # F.dropout on the CPU: at::dropout's unfused ops, in this order
-                noise = torch.empty_like(post).bernoulli_(1 - self.dropout).div_(1 - self.dropout)
+            noise = None if self.dropout == 0 else self._dropout_noise(post, batch_rows)
             saved.append((a, pre, post, noise))
             a = post if noise is None else post * noise
-        out = torch.baddbmm(leaves[2 * last + 1], a, leaves[2 * last]).squeeze(-1)
+        # the head as __call__ runs it: a row of outputs [K, 1, rows] = w^T @ a^T + b
+        out = torch.baddbmm(leaves[2 * last + 1], self.weights_t[last], a.transpose(1, 2))
         if skip is not None:
-            out = out + skip
-        diff = out - y
-        per_fold = (diff.square() * row_weight).sum(1)
-        # sum's, mul's, square's (pow_backward: grad * (2 * diff)) and sub's backward, squeezed
-        grad = (row_weight * (diff * 2)).unsqueeze(-1)
-        # baddbmm's backward: self (broadcast over the rows): grad summed over them;
-        # batch2: batch1^T @ grad; batch1: grad @ batch2^T (not needed for the inputs)
-        torch.sum(grad, 1, keepdim=True, out=views[2 * last + 1])
-        torch.bmm(grad.transpose(1, 2), a, out=self.head_grad_row)
+            out = out + skip.unsqueeze(1)
+        diff = out - y.unsqueeze(1)
+        row_weight = row_weight.unsqueeze(1)
+        per_fold = (diff.square() * row_weight).sum(2).squeeze(1)
+        # sum's, mul's, square's (pow_backward: grad * (2 * diff)) and sub's backward: [K, 1, rows]
+        grad = row_weight * (diff * 2)
+        # the head's baddbmm backward: self (broadcast over the rows): grad summed over them;
+        # its weight (as a row): grad @ a; its input: grad^T times the weight row, a product
+        # with one term per element (what bmm over an inner size of 1 computes)
+        torch.sum(grad, 2, keepdim=True, out=views[2 * last + 1])
+        torch.bmm(grad, a, out=self.head_grad_row)
         for i in range(last - 1, -1, -1):
             inputs, pre, post, noise = saved[i]
-            grad = grad.bmm(self.weights_t[i + 1])
+            if i == last - 1:
+                grad = grad.transpose(1, 2) * self.weights_t[last]
+            else:
+                grad = grad.bmm(self.weights_t[i + 1])
             if noise is not None:
                 grad = grad * noise
             grad = self.activation_backward(self.activation, grad, pre, post)
             torch.sum(grad, 1, keepdim=True, out=views[2 * i + 1])
             torch.bmm(inputs.transpose(1, 2), grad, out=views[2 * i])
         return per_fold, self.grad
+
+    def _dropout_noise(self, like: torch.Tensor, batch_rows: Sequence[int] | None) -> torch.Tensor:
+        """F.dropout's mask on the CPU (at::dropout's unfused ops, in this order): either one
+        draw over the whole stack from the global RNG, or fold k's rows from its generator."""
+        keep = 1 - self.dropout
+        if self.dropout_masks is None:
+            return torch.empty_like(like).bernoulli_(keep).div_(keep)
+        if batch_rows is None:
+            raise ValueError("per-fold dropout masks need the step's batch_rows")
+        noise = torch.zeros_like(like)  # padding rows: 0, their gradients are weighed 0 anyway
+        for k, rows in enumerate(batch_rows):
+            if rows:
+                noise[k, :rows].bernoulli_(keep, generator=self.dropout_masks[k])
+        return noise.div_(keep)
 
     def gradient(self, per_fold_loss: torch.Tensor) -> torch.Tensor:
         """d(sum of the folds' losses)/d(params) as a [K, P] stack: fold k's own gradient."""
@@ -511,6 +569,7 @@ class _Batches:
         weight = np.where(in_batch, 1.0 / np.maximum(rows, 1)[:, :, None], 0.0)
         self.row_weight = list(torch.from_numpy(weight.astype(np.float32)).to(device).unbind(0))
         self.rows = list(torch.from_numpy(rows.astype(np.float32)).to(device).unbind(0))
+        self.host_rows = rows  # [S, K] ints
         self.device = device
 
     def order(
@@ -548,7 +607,7 @@ class _BatchedTrainer:
         self.cfg = cfg
         self.folds = folds
         models = [fold.model for fold in folds]
-        self.net = _StackedMLP(models, cfg, device)
+        self.net = _StackedMLP(models, cfg, device, [fold.dropout_masks for fold in folds])
         self.params = self.net.params  # updated in place by the rule
         self.best = self.params.clone()
         self.train = _Inputs.stack([f.train for f in folds], models, device)
@@ -564,31 +623,34 @@ class _BatchedTrainer:
         self.l1_grad = cfg.l1 * is_weight if cfg.l1 else None
         self.steps = np.zeros(len(folds), dtype=np.int64)  # each fold's optimizer steps so far
 
-    def fit(self, events: FoldEvents) -> None:
+    def fit(
+        self,
+        after_epoch: Callable[[], None] | None = None,
+        on_epoch_mean: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """Train every fold to its end; ``after_epoch()`` runs after each epoch's bookkeeping
+        (a finished fold has its ``fitted`` by then), ``on_epoch_mean`` as in FoldEvents."""
         with denormals_flushed(self.cfg.flush_denormal):
-            self._fit(events)
-
-    def _fit(self, events: FoldEvents) -> None:
-        in_order = _InFoldOrder(events, self.cfg, len(self.folds))
-        in_order.advance(self.folds)  # fold 1 starts now, as it would one after another
-        for epoch in range(1, self.cfg.epochs + 1):
-            running = [k for k, fold in enumerate(self.folds) if fold.running]
-            if not running:
-                break
-            start = time.perf_counter()
-            self._epoch(epoch, running, events)
-            share = (time.perf_counter() - start) / len(running)
-            for k in running:
-                self.folds[k].seconds += share
-                if not self.folds[k].running:
+            for epoch in range(1, self.cfg.epochs + 1):
+                running = [k for k, fold in enumerate(self.folds) if fold.running]
+                if not running:
+                    break
+                start = time.perf_counter()
+                self._epoch(epoch, running, on_epoch_mean)
+                share = (time.perf_counter() - start) / len(running)
+                for k in running:
+                    self.folds[k].seconds += share
+                    if not self.folds[k].running:
+                        self._finish(k)
+                if after_epoch is not None:
+                    after_epoch()
+            for k, fold in enumerate(self.folds):
+                if fold.fitted is None:
                     self._finish(k)
-            in_order.advance(self.folds)
-        for k, fold in enumerate(self.folds):
-            if fold.fitted is None:
-                self._finish(k)
-        in_order.advance(self.folds)
 
-    def _epoch(self, epoch: int, running: list[int], events: FoldEvents) -> None:
+    def _epoch(
+        self, epoch: int, running: list[int], on_epoch_mean: Callable[[int, float], None] | None
+    ) -> None:
         lrs = np.array([[g["lr"] for g in f.lr_optimizer.param_groups] for f in self.folds])
         train_sum = self._train_epoch(running, lrs)
         valid_mse = self._evaluate()
@@ -608,8 +670,8 @@ class _BatchedTrainer:
                 improved.append(k)
         if improved:
             self.best[improved] = self.params[improved]
-        if events.on_epoch_mean is not None and recorded:
-            events.on_epoch_mean(epoch, sum(recorded) / len(recorded))
+        if on_epoch_mean is not None and recorded:
+            on_epoch_mean(epoch, sum(recorded) / len(recorded))
 
     @staticmethod
     def _diverged(fold: _Fold, record: EpochRecord) -> None:
@@ -648,9 +710,14 @@ class _BatchedTrainer:
             (batches.n_steps, len(self.folds), batches.batch_size),
         )
         total = self.params.new_zeros(len(self.folds))
+        batch_rows = np.where(mask, batches.host_rows, 0).tolist()
         for s in range(batches.n_steps):
             per_fold, grad = self.net.loss_and_gradient(
-                x[s], y[s], None if skip is None else skip[s], batches.row_weight[s]
+                x[s],
+                y[s],
+                None if skip is None else skip[s],
+                batches.row_weight[s],
+                batch_rows=batch_rows[s],
             )
             if self.l2_grad is not None:
                 grad.addcmul_(self.params, self.l2_grad)
@@ -717,6 +784,147 @@ class _InFoldOrder:
             self.current, self.shown, self.stopper = self.current + 1, 0, None
 
 
+# --- fold groups in other processes -----------------------------------------------------------
+
+
+def _can_fork() -> bool:
+    """Forking a process that has torch loaded is safe on Linux; elsewhere one process."""
+    return sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def fold_processes(cfg: Config, n_folds: int, device: torch.device, lockstep: bool) -> int:
+    """How many processes train the folds: ``cfg.fold_processes``, or for 0 the available
+    cores over the threads each process uses; at most one per fold. One process on a GPU,
+    where forking is unavailable, and when ``lockstep`` (a per-epoch mean over every fold)."""
+    if n_folds < 2 or device.type != "cpu" or lockstep or not _can_fork():
+        return 1
+    wanted = cfg.fold_processes
+    if wanted == 0:
+        wanted = available_cpus() // (cfg.threads or torch.get_num_threads())
+    return max(1, min(wanted, n_folds))
+
+
+def _train_in_child(
+    cfg: Config, runs: list[_Fold], device: torch.device, results: Connection
+) -> None:
+    """A forked process's work: train its folds, send back each one's result and best
+    weights, then leave at once (``os._exit``: none of the parent's exit work, such as flushing
+    its buffered output, runs twice)."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        _BatchedTrainer(cfg, runs, device).fit()
+        outcomes = []
+        for run in runs:
+            assert run.fitted is not None
+            state = {k: v.numpy() for k, v in run.fitted.model.state_dict().items()}
+            outcomes.append((run.fitted.result, state))
+        results.send(("done", outcomes))
+    except CovidRegError as exc:
+        results.send(("error", str(exc)))
+    except BaseException:
+        code = 1
+        with contextlib.suppress(BaseException):
+            results.send(("crash", traceback.format_exc()))
+    finally:
+        os._exit(code)
+
+
+@dataclass
+class _Group:
+    process: Any  # multiprocessing's forked Process
+    results: Connection
+    runs: list[_Fold]
+    received: bool = False
+
+
+class _ForkedGroups:
+    """Groups of folds, each trained by a forked process while this one trains its own.
+
+    The children start from this process's folds as they are (models, generators, stoppers),
+    so each fold trains as it would here. A child's outcome is collected whenever it arrives:
+    ``poll`` after every epoch of this process (a child's error is raised at once), ``wait``
+    at the end. Leaving the ``with`` block ends any child still running.
+    """
+
+    def __init__(self, cfg: Config, groups: list[list[_Fold]], device: torch.device) -> None:
+        self.groups: list[_Group] = []
+        if not groups:
+            return
+        context = multiprocessing.get_context("fork")
+        try:
+            for runs in groups:
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_train_in_child, args=(cfg, runs, device, sender), daemon=True
+                )
+                process.start()
+                sender.close()
+                self.groups.append(_Group(process, receiver, runs))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> _ForkedGroups:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def poll(self) -> None:
+        for group in self.groups:
+            if not group.received and group.results.poll():
+                self._receive(group)
+
+    def wait(self) -> None:
+        for group in self.groups:
+            if not group.received:
+                self._receive(group)
+
+    def close(self) -> None:
+        for group in self.groups:
+            if group.process.is_alive():
+                group.process.terminate()
+            group.process.join()
+            group.results.close()
+
+    @staticmethod
+    def _receive(group: _Group) -> None:
+        group.received = True
+        try:
+            kind, payload = group.results.recv()
+        except EOFError:
+            group.process.join()
+            raise CovidRegError(
+                f"the process training cv folds {_fold_names(group.runs)} ended without its "
+                f"results (exit code {group.process.exitcode}); rerun with --fold-processes 1 "
+                "to train every fold in one process"
+            ) from None
+        if kind == "error":
+            raise CovidRegError(payload)
+        if kind == "crash":
+            raise RuntimeError(
+                f"training cv folds {_fold_names(group.runs)} failed in its process:\n{payload}"
+            )
+        for run, (result, state) in zip(group.runs, payload, strict=True):
+            run.model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+            run.history = list(result.history)
+            run.running = False
+            run.fitted = FittedModel(run.model, result, None, run.mean, run.std)
+
+
+def _fold_names(runs: list[_Fold]) -> str:
+    return ", ".join(str(run.number) for run in runs)
+
+
 def fit_folds(
     cfg: Config,
     data: LoadedData,
@@ -726,16 +934,36 @@ def fit_folds(
 ) -> list[FittedModel]:
     """Train one model per (train rows, valid rows) fold, all together; fold k uses seeds[k].
 
+    The folds are split into ``fold_processes`` groups of consecutive folds; this process
+    trains the first, forked processes the others, side by side. A fold's result does not
+    depend on its group: each fold's arithmetic is its own (batched products compute each
+    fold's product alone), its batches and dropout masks come from its own generators.
+
     Returns each fold's fitted model (best weights restored, on ``cfg.device``) in fold order.
     """
     if not supports(cfg):
         raise CovidRegError("batch_norm models cannot train their folds together")
+    events = events or FoldEvents()
     device = resolve_device(cfg.device)
     runs = [
-        _build_fold(cfg, data, train_idx, valid_idx, seed)
-        for (train_idx, valid_idx), seed in zip(folds, seeds, strict=True)
+        _build_fold(cfg, data, train_idx, valid_idx, seed, number)
+        for number, ((train_idx, valid_idx), seed) in enumerate(
+            zip(folds, seeds, strict=True), start=1
+        )
     ]
     for run in runs:
         run.model.to(device)
-    _BatchedTrainer(cfg, runs, device).fit(events or FoldEvents())
+    n_groups = fold_processes(cfg, len(runs), device, events.on_epoch_mean is not None)
+    groups = [[runs[k] for k in part] for part in np.array_split(np.arange(len(runs)), n_groups)]
+    in_order = _InFoldOrder(events, cfg, len(runs))
+    in_order.advance(runs)  # fold 1 starts now, as it would one after another
+    with _ForkedGroups(cfg, groups[1:], device) as others:
+
+        def after_epoch() -> None:
+            others.poll()
+            in_order.advance(runs)
+
+        _BatchedTrainer(cfg, groups[0], device).fit(after_epoch, events.on_epoch_mean)
+        others.wait()
+    in_order.advance(runs)
     return [run.fitted for run in runs if run.fitted is not None]

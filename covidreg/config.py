@@ -160,6 +160,13 @@ class Config:
         "only add synchronisation); 0 keeps torch's default.",
         "run",
     )
+    fold_processes: int = _opt(
+        1,
+        "cv: processes that train the folds side by side on the CPU (Linux), each with "
+        "`threads` threads; the results are the same for any number. 1: every fold in this "
+        "process; 0: one per available CPU core, at most one per fold.",
+        "run",
+    )
     flush_denormal: bool = _opt(
         True,
         "Flush subnormal floats (below 1.2e-38) to zero on the CPU. The momentum of a weight "
@@ -298,7 +305,14 @@ def validate(cfg: Config) -> None:
     positive_ints = ("epochs", "batch_size", "step_size", "plateau_patience")
     for key in positive_ints:
         _require(getattr(cfg, key) > 0, key, "a positive integer", getattr(cfg, key))
-    for key in ("patience", "purge", "num_workers", "checkpoint_every", "threads"):
+    for key in (
+        "patience",
+        "purge",
+        "num_workers",
+        "checkpoint_every",
+        "threads",
+        "fold_processes",
+    ):
         _require(getattr(cfg, key) >= 0, key, "zero or a positive integer", getattr(cfg, key))
     _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a positive number", cfg.lr)
     for key in ("weight_decay", "l2", "l1", "min_delta", "min_lr", "output_lr", "momentum"):

@@ -199,6 +199,7 @@ def test_wrong_type_in_overrides_names_the_key(key: str, value: Any) -> None:
         ("patience", -1),
         ("purge", -1),
         ("num_workers", -2),
+        ("fold_processes", -1),
         ("lr", 0.0),
         ("lr", -0.1),
         ("lr", float("inf")),

@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from covidreg import batched
 from covidreg.baselines import RIDGE_ALPHA
 from covidreg.cli import app
 from covidreg.config import resolve_config
@@ -202,27 +203,43 @@ def test_cv_predict_is_the_mean_of_the_fold_models(cv_run: Path, data: dict[str,
     np.testing.assert_allclose(pred_values(cv_run / "pred.csv"), np.mean(preds, axis=0), rtol=1e-6)
 
 
+def without_seconds(path: Path) -> list[list[str]]:
+    return [line.split(",")[:-1] for line in path.read_text().splitlines()]
+
+
+def assert_same_cv_runs(first: Path, second: Path) -> None:
+    """The same folds, bit for bit: cv.csv (but for the seconds), pred.csv, weights, histories."""
+    assert without_seconds(first / "cv.csv") == without_seconds(second / "cv.csv")
+    assert (first / "pred.csv").read_bytes() == (second / "pred.csv").read_bytes()
+    for k in (1, 2, 3):
+        a = torch.load(first / f"fold_{k}/model.pt", weights_only=True)["state_dict"]
+        b = torch.load(second / f"fold_{k}/model.pt", weights_only=True)["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+        history = f"fold_{k}/history.csv"
+        assert (first / history).read_bytes() == (second / history).read_bytes()
+
+
 def test_same_seed_reruns_are_identical(
     cv_run: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:
     again = tmp_path / "again"
     assert runner.invoke(app, cv_args(data, again, "--predict")).exit_code == 0
-
-    def without_seconds(path: Path) -> list[list[str]]:
-        return [line.split(",")[:-1] for line in path.read_text().splitlines()]
-
-    assert without_seconds(cv_run / "cv.csv") == without_seconds(again / "cv.csv")
-    assert (cv_run / "pred.csv").read_bytes() == (again / "pred.csv").read_bytes()
-    for k in (1, 2, 3):
-        a = torch.load(cv_run / f"fold_{k}/model.pt", weights_only=True)["state_dict"]
-        b = torch.load(again / f"fold_{k}/model.pt", weights_only=True)["state_dict"]
-        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
-        history = f"fold_{k}/history.csv"
-        assert (cv_run / history).read_bytes() == (again / history).read_bytes()
+    assert_same_cv_runs(cv_run, again)
 
     other = tmp_path / "other_seed"
     assert runner.invoke(app, cv_args(data, other, "--seed", "7")).exit_code == 0
     assert without_seconds(other / "cv.csv") != without_seconds(cv_run / "cv.csv")
+
+
+@pytest.mark.skipif(not batched._can_fork(), reason="fold processes fork, on Linux only")
+def test_fold_processes_change_only_the_time(
+    cv_run: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
+    forked = tmp_path / "forked"
+    result = runner.invoke(app, cv_args(data, forked, "--predict", "--fold-processes", "2"))
+    assert result.exit_code == 0, result.stderr
+    assert_same_cv_runs(cv_run, forked)
+    assert "fold_processes = 2" in (forked / "config.toml").read_text()
 
 
 @pytest.mark.parametrize(
