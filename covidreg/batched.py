@@ -22,6 +22,7 @@ results are bit-identical for any split.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import multiprocessing
 import os
@@ -812,8 +813,18 @@ def fold_processes(cfg: Config, n_folds: int, device: torch.device, lockstep: bo
     return max(1, min(wanted, n_folds))
 
 
+def _end_with(parent: int) -> None:
+    """Have the kernel end this process when its parent dies, however it dies (SIGKILL
+    included), so that no fold process trains on for nobody."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
 def _train_in_child(
-    cfg: Config, runs: list[_Fold], device: torch.device, results: Connection
+    cfg: Config, runs: list[_Fold], device: torch.device, parent: int, results: Connection
 ) -> None:
     """A forked process's work: train its folds, send back each one's result and best
     weights, then leave at once (``os._exit``: none of the parent's exit work, such as flushing
@@ -821,6 +832,7 @@ def _train_in_child(
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        _end_with(parent)
         _BatchedTrainer(cfg, runs, device).fit()
         outcomes = []
         for run in runs:
@@ -864,7 +876,9 @@ class _ForkedGroups:
             for runs in groups:
                 receiver, sender = context.Pipe(duplex=False)
                 process = context.Process(
-                    target=_train_in_child, args=(cfg, runs, device, sender), daemon=True
+                    target=_train_in_child,
+                    args=(cfg, runs, device, os.getpid(), sender),
+                    daemon=True,
                 )
                 process.start()
                 sender.close()

@@ -161,10 +161,10 @@ class Config:
         "run",
     )
     fold_processes: int = _opt(
-        1,
+        0,
         "cv: processes that train the folds side by side on the CPU (Linux), each with "
-        "`threads` threads; the results are the same for any number. 1: every fold in this "
-        "process; 0: one per available CPU core, at most one per fold.",
+        "`threads` threads; the results are the same for any number. 0: one per available "
+        "CPU core, at most one per fold; 1: every fold in this process.",
         "run",
     )
     flush_denormal: bool = _opt(

@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -361,7 +364,7 @@ needs_fork = pytest.mark.skipif(
 def test_fold_processes_resolves_auto_and_caps_at_the_folds(train_csv: str) -> None:
     cpu = torch.device("cpu")
     cfg = make_cfg(train_csv)
-    assert cfg.fold_processes == 1  # the default: every fold in this process
+    assert cfg.fold_processes == 0  # the default: one process per available core
     for wanted, expected in ((1, 1), (3, 3), (9, 5)):
         cfg = make_cfg(train_csv, fold_processes=wanted)
         assert batched.fold_processes(cfg, 5, cpu, lockstep=False) == (
@@ -384,7 +387,7 @@ def test_fold_processes_give_bit_identical_folds(train_csv: str, n_processes: in
     """However the folds are split between processes, each fold trains exactly as in one:
     the same histories and weights, bit for bit (dropout and early stopping included)."""
     cfg = make_cfg(train_csv, epochs=40, lr=1e-2, patience=4, dropout=0.2)
-    expected = together(cfg)
+    expected = together(dataclasses.replace(cfg, fold_processes=1))
     got = together(dataclasses.replace(cfg, fold_processes=n_processes))
     assert len({len(f.result.history) for f in got}) > 1  # folds stopped at different epochs
     for ref, out in zip(expected, got, strict=True):
@@ -482,3 +485,49 @@ def test_leaving_early_ends_the_fold_processes(train_csv: str) -> None:
         raise KeyboardInterrupt
     assert [g.process.is_alive() for g in others.groups] == [False, False]
     assert [g.process.exitcode for g in others.groups] == [-signal.SIGTERM] * 2
+
+
+PARENT_SCRIPT = """
+import sys, time, torch
+from covidreg import batched
+from covidreg.config import Config
+from covidreg.cv import fold_seed, make_folds
+from covidreg.experiment import load_data
+
+cfg = Config(train_csv=sys.argv[1], test_csv="", epochs=100_000, batch_size=16, patience=0,
+             hidden=[16, 8], checkpoint_every=0)
+data = load_data(cfg, with_test=False)
+folds = make_folds(cfg, data, 5)
+runs = [batched._build_fold(cfg, data, tr, va, fold_seed(cfg.seed, k), k)
+        for k, (tr, va) in enumerate(folds, start=1)]
+groups = batched._ForkedGroups(cfg, [runs[3:]], torch.device("cpu"))
+print(groups.groups[0].process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return status != "Z"
+
+
+@needs_fork
+def test_a_fold_process_ends_when_its_parent_is_killed(train_csv: str) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_SCRIPT, train_csv], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.kill()  # SIGKILL: no Python clean-up runs in the parent
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        parent.kill()

@@ -235,11 +235,12 @@ def test_same_seed_reruns_are_identical(
 def test_fold_processes_change_only_the_time(
     cv_run: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:
-    forked = tmp_path / "forked"
-    result = runner.invoke(app, cv_args(data, forked, "--predict", "--fold-processes", "2"))
-    assert result.exit_code == 0, result.stderr
-    assert_same_cv_runs(cv_run, forked)
-    assert "fold_processes = 2" in (forked / "config.toml").read_text()
+    for processes in ("1", "3"):  # cv_run: the default, one per available core
+        out = tmp_path / f"processes_{processes}"
+        result = runner.invoke(app, cv_args(data, out, "--predict", "--fold-processes", processes))
+        assert result.exit_code == 0, result.stderr
+        assert_same_cv_runs(cv_run, out)
+        assert f"fold_processes = {processes}" in (out / "config.toml").read_text()
 
 
 @pytest.mark.parametrize(
