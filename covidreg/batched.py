@@ -139,6 +139,16 @@ def _build_fold(
     )
 
 
+def _build_folds(cfg: Config, data: LoadedData, folds: Folds, seeds: Sequence[int]) -> list[_Fold]:
+    """Every fold's own state, fold k (numbered from 1) with ``seeds[k - 1]``."""
+    return [
+        _build_fold(cfg, data, train_idx, valid_idx, seed, number)
+        for number, ((train_idx, valid_idx), seed) in enumerate(
+            zip(folds, seeds, strict=True), start=1
+        )
+    ]
+
+
 def _lr_schedule(model: MLP, cfg: Config) -> tuple[torch.optim.Optimizer, Any]:
     """A stand-in optimizer with the fold's parameter groups and learning rates, and the real
     scheduler over it: stepping it gives exactly torch.optim.lr_scheduler's sequence of rates,
@@ -959,12 +969,7 @@ def fit_folds(
         raise CovidRegError("batch_norm models cannot train their folds together")
     events = events or FoldEvents()
     device = resolve_device(cfg.device)
-    runs = [
-        _build_fold(cfg, data, train_idx, valid_idx, seed, number)
-        for number, ((train_idx, valid_idx), seed) in enumerate(
-            zip(folds, seeds, strict=True), start=1
-        )
-    ]
+    runs = _build_folds(cfg, data, folds, seeds)
     for run in runs:
         run.model.to(device)
     n_groups = fold_processes(cfg, len(runs), device, events.on_epoch_mean is not None)

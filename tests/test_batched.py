@@ -324,10 +324,7 @@ def test_hand_written_step_equals_autograd_on_the_stack(
     (with dropout: the same masks, drawn from the same RNG state)."""
     cfg = make_cfg(train_csv, **overrides)
     data, folds, seeds = setup(cfg)
-    runs = [
-        batched._build_fold(cfg, data, tr, va, seed)
-        for (tr, va), seed in zip(folds, seeds, strict=True)
-    ]
+    runs = batched._build_folds(cfg, data, folds, seeds)
     models = [run.model for run in runs]
     device = torch.device("cpu")
     net = batched._StackedMLP(models, cfg, device)
@@ -419,11 +416,7 @@ def test_fold_processes_fire_the_callbacks_in_fold_order(train_csv: str) -> None
 
 
 def _fold_runs(cfg: Config) -> list[Any]:
-    data, folds, seeds = setup(cfg)
-    return [
-        batched._build_fold(cfg, data, tr, va, seed, number)
-        for number, ((tr, va), seed) in enumerate(zip(folds, seeds, strict=True), start=1)
-    ]
+    return batched._build_folds(cfg, *setup(cfg))
 
 
 @needs_fork
@@ -498,8 +491,7 @@ cfg = Config(train_csv=sys.argv[1], test_csv="", epochs=100_000, batch_size=16, 
              hidden=[16, 8], checkpoint_every=0)
 data = load_data(cfg, with_test=False)
 folds = make_folds(cfg, data, 5)
-runs = [batched._build_fold(cfg, data, tr, va, fold_seed(cfg.seed, k), k)
-        for k, (tr, va) in enumerate(folds, start=1)]
+runs = batched._build_folds(cfg, data, folds, [fold_seed(cfg.seed, k) for k in range(1, 6)])
 groups = batched._ForkedGroups(cfg, [runs[3:]], torch.device("cpu"))
 print(groups.groups[0].process.pid, flush=True)
 time.sleep(600)
