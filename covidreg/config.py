@@ -163,8 +163,10 @@ class Config:
     fold_processes: int = _opt(
         0,
         "cv: processes that train the folds side by side on the CPU (Linux), each with "
-        "`threads` threads; the results are the same for any number. 0: one per available "
-        "CPU core, at most one per fold; 1: every fold in this process.",
+        "`threads` threads; when one finishes early, a new one takes over folds of the first. "
+        "The results are the same for any number. 0: one per available CPU core, at most one "
+        "per fold; 1: every fold in this process (also used for a model with a layer of one "
+        "unit or one input feature).",
         "run",
     )
     flush_denormal: bool = _opt(

@@ -382,8 +382,12 @@ def test_fold_processes_resolves_auto_and_caps_at_the_folds(train_csv: str) -> N
 @pytest.mark.parametrize("n_processes", [2, 3, 5])
 def test_fold_processes_give_bit_identical_folds(train_csv: str, n_processes: int) -> None:
     """However the folds are split between processes, each fold trains exactly as in one:
-    the same histories and weights, bit for bit (dropout and early stopping included)."""
-    cfg = make_cfg(train_csv, epochs=40, lr=1e-2, patience=4, dropout=0.2)
+    the same histories and weights, bit for bit (dropout and early stopping included).
+
+    The layers are wide enough for every product to reach the BLAS kernels (the head's
+    64 x 16 x 1 included): products below 400 multiply-adds take a plain loop in every case.
+    """
+    cfg = make_cfg(train_csv, epochs=40, lr=1e-2, patience=4, dropout=0.2, hidden=[64])
     expected = together(dataclasses.replace(cfg, fold_processes=1))
     got = together(dataclasses.replace(cfg, fold_processes=n_processes))
     assert len({len(f.result.history) for f in got}) > 1  # folds stopped at different epochs
@@ -396,6 +400,125 @@ def test_fold_processes_give_bit_identical_folds(train_csv: str, n_processes: in
         np.testing.assert_array_equal(out.mean, ref.mean)
         for name, value in ref.model.state_dict().items():
             assert torch.equal(out.model.state_dict()[name], value), name
+
+
+def assert_bit_identical(expected: list[FittedModel], got: list[FittedModel]) -> None:
+    for k, (ref, out) in enumerate(zip(expected, got, strict=True), start=1):
+        assert out.result.history == ref.result.history, f"fold {k}"
+        assert (out.result.best_epoch, out.result.stop_reason) == (
+            ref.result.best_epoch,
+            ref.result.stop_reason,
+        )
+        for name, value in ref.model.state_dict().items():
+            assert torch.equal(out.model.state_dict()[name], value), f"fold {k}: {name}"
+
+
+SUBSET_CASES: dict[str, dict[str, Any]] = {
+    "sgd-momentum": {"optimizer": "sgd", "lr": 1e-3},
+    "adam-dropout": {"dropout": 0.2},
+    "adamw": {"optimizer": "adamw", "weight_decay": 0.1},
+    "adagrad": {"optimizer": "adagrad", "lr": 3e-2},
+    "rmsprop-momentum": {"optimizer": "rmsprop", "lr": 1e-3, "momentum": 0.5},
+    "plateau-early-stopping": {"scheduler": "plateau", "plateau_patience": 2, "patience": 4},
+}
+
+
+@pytest.mark.parametrize("overrides", SUBSET_CASES.values(), ids=SUBSET_CASES.keys())
+def test_a_subset_of_the_stack_goes_on_where_it_was(
+    train_csv: str, overrides: dict[str, Any]
+) -> None:
+    """Folds moved to a trainer of their own in mid-training (as a fold process does) end
+    exactly as they would have in the whole stack: weights, optimizer state, step counts."""
+    values = {"epochs": 30, "lr": 1e-2, "hidden": [64], "fold_processes": 1, **overrides}
+    cfg = make_cfg(train_csv, **values)
+    expected = together(cfg)
+    data, folds, seeds = setup(cfg)
+    runs = batched._build_folds(cfg, data, folds, seeds)
+
+    def narrow(trainer: Any, epoch: int) -> Any:
+        return trainer.subset([1, 3]) if epoch == 5 else trainer
+
+    batched._BatchedTrainer(cfg, runs, torch.device("cpu")).fit(narrow)
+    assert min(len(expected[k].result.history) for k in (1, 3)) > 5  # moved while running
+    assert_bit_identical([expected[1], expected[3]], [runs[1].fitted, runs[3].fitted])
+
+
+@needs_fork
+@pytest.mark.parametrize(("n_processes", "threads"), [(2, 1), (3, 1), (2, 2)])
+def test_idle_fold_processes_take_over_folds_and_change_nothing(
+    train_csv: str, n_processes: int, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a fold process finishes early, this process hands some of its running folds to
+    new ones, from the epoch it has reached; every fold still ends bit-identical. Not with
+    several threads per process: forking after OpenMP has run its threads is unsafe."""
+    cfg = make_cfg(train_csv, epochs=40, lr=1e-2, patience=6, dropout=0.2, hidden=[64])
+    expected = together(dataclasses.replace(cfg, fold_processes=1))
+    here = os.getpid()
+    epoch = batched._BatchedTrainer._epoch
+
+    def slow_here(self: Any, *args: Any) -> None:
+        if os.getpid() == here:  # the first group lags, so the others finish first
+            time.sleep(0.02)
+        epoch(self, *args)
+
+    handed: list[tuple[list[int], int]] = []
+    start = batched._ForkedGroups.start
+
+    def spy(self: Any, runs: list[Any], trainer: Any, first_epoch: int) -> None:
+        handed.append(([run.number for run in runs], first_epoch))
+        start(self, runs, trainer, first_epoch)
+
+    monkeypatch.setattr(batched._BatchedTrainer, "_epoch", slow_here)
+    monkeypatch.setattr(batched._ForkedGroups, "start", spy)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    got = together(dataclasses.replace(cfg, fold_processes=n_processes))
+    first_group = np.array_split(np.arange(1, N_FOLDS + 1), n_processes)[0].tolist()
+    taken_over = [(folds, first) for folds, first in handed if first > 1]
+    if threads == 1:
+        assert taken_over, handed
+        assert all(set(folds) < set(first_group) for folds, _ in taken_over)
+    else:
+        assert not taken_over, handed
+    assert_bit_identical(expected, got)
+
+
+@needs_fork
+def test_a_layer_with_one_unit_keeps_every_fold_in_one_process(train_csv: str) -> None:
+    """Its products would round differently in a stack of one fold, so no split at all."""
+    cfg = make_cfg(train_csv, epochs=15, hidden=[64, 1], activation="tanh", fold_processes=3)
+    expected = together(dataclasses.replace(cfg, fold_processes=1))
+    assert_bit_identical(expected, together(cfg))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "free"),
+    [
+        ({"hidden": [64, 1]}, False),
+        ({"hidden": [1]}, False),
+        ({"features": ["tested_positive_d2"]}, False),
+        ({"hidden": [2]}, True),
+        ({"hidden": [64, 16], "features": ["all"]}, True),
+    ],
+)
+def test_stacks_of_any_size_agree_without_one_wide_layers(
+    hw01_files: dict[str, Path], overrides: dict[str, Any], free: bool
+) -> None:
+    cfg = make_cfg(str(hw01_files["train"]), **overrides)
+    data = load_data(cfg, with_test=False)
+    assert batched.stack_size_free(build_model(cfg, data.feature_names)) is free
+
+
+def test_folds_are_handed_over_only_to_idle_cores(train_csv: str) -> None:
+    cfg = make_cfg(train_csv, epochs=10)
+    runs = _fold_runs(cfg)
+    trainer = batched._BatchedTrainer(cfg, runs[:3], torch.device("cpu"))
+    others = batched._ForkedGroups(cfg, [], torch.device("cpu"))
+    assert others.share(trainer, 4, n_processes=1) is trainer  # no other core
+    assert others.share(trainer, cfg.epochs, n_processes=2) is trainer  # the last epoch
+    for run in runs[1:3]:
+        run.running = False
+    assert others.share(trainer, 4, n_processes=3) is trainer  # one running fold
+    assert others.groups == []
 
 
 @needs_fork
