@@ -50,10 +50,10 @@ from covidreg.train import (
     EarlyStopping,
     EpochRecord,
     FitResult,
-    build_optimizer,
     build_scheduler,
     denormals_flushed,
     divergence_message,
+    parameter_groups,
     resolve_device,
 )
 
@@ -98,14 +98,21 @@ class _Fold:
     batch_order: torch.Generator
     dropout_masks: torch.Generator  # the global RNG's state where fit_model starts training
     stopper: EarlyStopping
-    lr_optimizer: torch.optim.Optimizer  # holds the learning rates only, see _lr_schedule
+    lr_optimizer: torch.optim.Optimizer | None  # holds the learning rates only, see _lr_schedule
     scheduler: Any
+    base_lrs: list[float]  # each parameter group's rate, where no scheduler changes it
     history: list[EpochRecord] = field(default_factory=list)
     running: bool = True
     stop_reason: str = "max_epochs"
     message: str = ""
     seconds: float = 0.0  # this fold's share of the epochs' wall time
     fitted: FittedModel | None = None
+
+    def learning_rates(self) -> list[float]:
+        """This epoch's rate of each parameter group."""
+        if self.lr_optimizer is None:
+            return self.base_lrs
+        return [group["lr"] for group in self.lr_optimizer.param_groups]
 
 
 def _build_fold(
@@ -138,6 +145,7 @@ def _build_fold(
         stopper=EarlyStopping(cfg.patience, cfg.min_delta),
         lr_optimizer=lr_optimizer,
         scheduler=scheduler,
+        base_lrs=[group["lr"] for group in parameter_groups(model, cfg)],
     )
 
 
@@ -151,13 +159,18 @@ def _build_folds(cfg: Config, data: LoadedData, folds: Folds, seeds: Sequence[in
     ]
 
 
-def _lr_schedule(model: MLP, cfg: Config) -> tuple[torch.optim.Optimizer, Any]:
+def _lr_schedule(model: MLP, cfg: Config) -> tuple[torch.optim.Optimizer | None, Any]:
     """A stand-in optimizer with the fold's parameter groups and learning rates, and the real
     scheduler over it: stepping it gives exactly torch.optim.lr_scheduler's sequence of rates,
     plateau's per-fold state included. The stand-in updates nothing: its groups hold empty
     tensors, and its one ``step()`` (no gradients, a no-op) tells the scheduler it was stepped.
+
+    Without a scheduler the rates stay ``parameter_groups``' and nothing is built: the first
+    torch.optim optimizer a process builds imports torch._dynamo, over a second of start-up.
     """
-    groups = build_optimizer(model, cfg).param_groups
+    if cfg.scheduler == "none":
+        return None, None
+    groups = parameter_groups(model, cfg)
     lr_optimizer = torch.optim.SGD(
         [{"params": [torch.zeros(0)], "lr": group["lr"]} for group in groups], lr=cfg.lr
     )
@@ -619,7 +632,7 @@ class _Batches:
 
 def _group_index(model: MLP, cfg: Config) -> torch.Tensor:
     """The optimizer parameter group (body or head) of every element of a weight-stack row."""
-    groups = build_optimizer(model, cfg).param_groups
+    groups = parameter_groups(model, cfg)
     group_of = {id(p): g for g, group in enumerate(groups) for p in group["params"]}
     in_row_order = [p for m in _StackedMLP._linears(model) for p in (m.weight, m.bias)]
     return torch.cat([torch.full((p.numel(),), group_of[id(p)]) for p in in_row_order]).long()
@@ -705,7 +718,7 @@ class _BatchedTrainer:
     def _epoch(
         self, epoch: int, running: list[int], on_epoch_mean: Callable[[int, float], None] | None
     ) -> None:
-        lrs = np.array([[g["lr"] for g in f.lr_optimizer.param_groups] for f in self.folds])
+        lrs = np.array([f.learning_rates() for f in self.folds])
         train_sum = self._train_epoch(running, lrs)
         valid_mse = self._evaluate()
         # the epoch's one host synchronisation

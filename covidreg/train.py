@@ -95,21 +95,26 @@ def resolve_device(name: str) -> torch.device:
 # --- optimizers and schedulers -------------------------------------------------------------------
 
 
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.optimizer``; the output layer may get its own learning rate.
+def parameter_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """``build_optimizer``'s parameter groups, each with its learning rate.
 
-    Without a separate output rate there is one parameter group, "all": a fused optimizer runs
-    one kernel per group and step.
+    Without a separate output rate there is one group, "all": a fused optimizer runs one kernel
+    per group and step. Otherwise "body" and "head" (the output layer, at ``cfg.output_lr``).
     """
-    groups: list[dict[str, Any]]
     if cfg.output_lr in (0, cfg.lr):
-        groups = [{"params": list(model.parameters()), "name": "all"}]
-    else:
-        head = [p for name, p in model.named_parameters() if name.startswith("head.")]
-        body = [p for name, p in model.named_parameters() if not name.startswith("head.")]
-        groups = [{"params": body, "name": "body"}]
-        groups.append({"params": head, "name": "head", "lr": cfg.output_lr})
-        groups = [g for g in groups if g["params"]]
+        return [{"params": list(model.parameters()), "name": "all", "lr": cfg.lr}]
+    head = [p for name, p in model.named_parameters() if name.startswith("head.")]
+    body = [p for name, p in model.named_parameters() if not name.startswith("head.")]
+    groups = [
+        {"params": body, "name": "body", "lr": cfg.lr},
+        {"params": head, "name": "head", "lr": cfg.output_lr},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.optimizer``, over ``parameter_groups``."""
+    groups = parameter_groups(model, cfg)
     common: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.optimizer != "rmsprop" and _fused_supported(model):
         # One fused kernel per step instead of a Python loop over parameters: a large share of

@@ -8,6 +8,7 @@ the difference grows slowly with the epochs, so the runs here are short.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -180,6 +181,37 @@ def test_plateau_scheduler_runs_per_fold(train_csv: str) -> None:
     assert_same_folds(expected, got)
     first_cuts = {next(r.epoch for r in f.result.history if r.lr < cfg.lr) for f in got}
     assert len(first_cuts) > 1  # each fold's learning rate was cut at its own epoch
+
+
+@pytest.mark.parametrize(
+    ("overrides", "imported"),
+    [({}, False), ({"output_lr": 1e-2}, False), ({"scheduler": "step", "step_size": 3}, True)],
+    ids=["constant", "constant-output-lr", "step-scheduler"],
+)
+def test_constant_rates_build_no_torch_optimizer(
+    train_csv: str, overrides: dict[str, Any], imported: bool
+) -> None:
+    """Any torch.optim optimizer imports torch._dynamo (over a second); folds at constant rates
+    need none. Run in a fresh interpreter: this one has imported it long ago."""
+    cfg = make_cfg(train_csv, epochs=2, **overrides)
+    code = (
+        "import sys, dataclasses, json\n"
+        "from covidreg.config import Config\n"
+        "from covidreg.cv import cross_validate, make_folds\n"
+        "from covidreg.experiment import load_data\n"
+        "cfg = Config(**json.loads(sys.argv[1]))\n"
+        "data = load_data(cfg, with_test=False)\n"
+        "fitted = cross_validate(cfg, data, make_folds(cfg, data, 5))\n"
+        "assert len(fitted) == 5 and all(len(f.result.history) == 2 for f in fitted)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(dataclasses.asdict(cfg))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == str(imported)
 
 
 def test_fold_models_hold_their_best_weights(train_csv: str) -> None:

@@ -34,6 +34,7 @@ from covidreg.train import (
     build_optimizer,
     build_scheduler,
     evaluate,
+    parameter_groups,
     penalty,
     predict,
     resolve_device,
@@ -219,6 +220,18 @@ def test_one_group_without_a_separate_output_lr(output_lr: float) -> None:
     groups = build_optimizer(model, cfg).param_groups
     assert [(g["name"], g["lr"]) for g in groups] == [("all", 0.001)]
     assert [id(p) for p in groups[0]["params"]] == [id(p) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("output_lr", [0.0, 0.001, 0.1], ids=["unset", "equal", "own"])
+def test_parameter_groups_are_the_optimizers(output_lr: float) -> None:
+    """The groups and rates the batched folds read without building an optimizer."""
+    cfg = config(lr=0.001, output_lr=output_lr, hidden=[8, 4])
+    model = build_model(cfg, NAMES)
+    expected = build_optimizer(model, cfg).param_groups
+    got = parameter_groups(model, cfg)
+    assert [(g["name"], g["lr"]) for g in got] == [(g["name"], g["lr"]) for g in expected]
+    for mine, theirs in zip(got, expected, strict=True):
+        assert [id(p) for p in mine["params"]] == [id(p) for p in theirs["params"]]
 
 
 def test_unknown_optimizer() -> None:
