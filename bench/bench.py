@@ -567,7 +567,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs-low", type=int, default=100, help="Lower epoch count.")
     parser.add_argument("--epochs-high", type=int, default=1000, help="Higher epoch count.")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="Runs per program and epoch count (fastest kept)."
+        "--repeats", type=int, default=5, help="Runs per program and epoch count (fastest kept)."
     )
     parser.add_argument("--help-runs", type=int, default=5, help="Timed runs of --help.")
     parser.add_argument(
