@@ -406,8 +406,10 @@ class Measurements:
 
 
 def usable_cpus() -> int:
-    cores = os.cpu_count() or 0
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 0
 
 
 def machine_lines(args: argparse.Namespace, data: DataFiles, m: Measurements) -> list[str]:

@@ -131,7 +131,8 @@ def _build_fold(
     dropout_masks.set_state(torch.get_rng_state())
     model, train, valid = prepared.model, prepared.train, prepared.valid
     mean, std = prepared.mean, prepared.std
-    lr_optimizer, scheduler = _lr_schedule(model, cfg)
+    base_lrs = [group["lr"] for group in parameter_groups(model, cfg)]
+    lr_optimizer, scheduler = _lr_schedule(base_lrs, cfg)
     return _Fold(
         number=number,
         model=model,
@@ -145,7 +146,7 @@ def _build_fold(
         stopper=EarlyStopping(cfg.patience, cfg.min_delta),
         lr_optimizer=lr_optimizer,
         scheduler=scheduler,
-        base_lrs=[group["lr"] for group in parameter_groups(model, cfg)],
+        base_lrs=base_lrs,
     )
 
 
@@ -159,20 +160,20 @@ def _build_folds(cfg: Config, data: LoadedData, folds: Folds, seeds: Sequence[in
     ]
 
 
-def _lr_schedule(model: MLP, cfg: Config) -> tuple[torch.optim.Optimizer | None, Any]:
-    """A stand-in optimizer with the fold's parameter groups and learning rates, and the real
-    scheduler over it: stepping it gives exactly torch.optim.lr_scheduler's sequence of rates,
-    plateau's per-fold state included. The stand-in updates nothing: its groups hold empty
-    tensors, and its one ``step()`` (no gradients, a no-op) tells the scheduler it was stepped.
+def _lr_schedule(base_lrs: list[float], cfg: Config) -> tuple[torch.optim.Optimizer | None, Any]:
+    """A stand-in optimizer with one parameter group per rate of ``base_lrs`` (the fold's
+    ``parameter_groups``), and the real scheduler over it: stepping it gives exactly
+    torch.optim.lr_scheduler's sequence of rates, plateau's per-fold state included. The
+    stand-in updates nothing: its groups hold empty tensors, and its one ``step()`` (no
+    gradients, a no-op) tells the scheduler it was stepped.
 
-    Without a scheduler the rates stay ``parameter_groups``' and nothing is built: the first
-    torch.optim optimizer a process builds imports torch._dynamo, over a second of start-up.
+    Without a scheduler the rates stay ``base_lrs`` and nothing is built: the first torch.optim
+    optimizer a process builds imports torch._dynamo, over a second of start-up.
     """
     if cfg.scheduler == "none":
         return None, None
-    groups = parameter_groups(model, cfg)
     lr_optimizer = torch.optim.SGD(
-        [{"params": [torch.zeros(0)], "lr": group["lr"]} for group in groups], lr=cfg.lr
+        [{"params": [torch.zeros(0)], "lr": lr} for lr in base_lrs], lr=cfg.lr
     )
     scheduler = build_scheduler(lr_optimizer, cfg)
     lr_optimizer.step()

@@ -68,6 +68,11 @@ def sequential(cfg: Config) -> list[FittedModel]:
     return [fit_model(cfg, data, tr, va, seed) for (tr, va), seed in zip(folds, seeds, strict=True)]
 
 
+def fold_runs(cfg: Config) -> list[Any]:
+    """Every fold's state as fit_folds builds it, before training."""
+    return batched._build_folds(cfg, *setup(cfg))
+
+
 def together(cfg: Config) -> list[FittedModel]:
     data, folds, seeds = setup(cfg)
     return batched.fit_folds(cfg, data, folds, seeds)
@@ -456,8 +461,7 @@ def test_a_subset_of_the_stack_goes_on_where_it_was(
     values = {"epochs": 30, "lr": 1e-2, "hidden": [64], "fold_processes": 1, **overrides}
     cfg = make_cfg(train_csv, **values)
     expected = together(cfg)
-    data, folds, seeds = setup(cfg)
-    runs = batched._build_folds(cfg, data, folds, seeds)
+    runs = fold_runs(cfg)
 
     def narrow(trainer: Any, epoch: int) -> Any:
         return trainer.subset([1, 3]) if epoch == 5 else trainer
@@ -534,7 +538,7 @@ def test_stacks_of_any_size_agree_without_one_wide_layers(
 
 def test_folds_are_handed_over_only_to_idle_cores(train_csv: str) -> None:
     cfg = make_cfg(train_csv, epochs=10)
-    runs = _fold_runs(cfg)
+    runs = fold_runs(cfg)
     trainer = batched._BatchedTrainer(cfg, runs[:3], torch.device("cpu"))
     others = batched._ForkedGroups(cfg, [], torch.device("cpu"))
     assert others.share(trainer, 4, n_processes=1) is trainer  # no other core
@@ -562,10 +566,6 @@ def test_fold_processes_fire_the_callbacks_in_fold_order(train_csv: str) -> None
     assert [e[0] for e in logs[1][:2]] == ["start", "epoch"]
 
 
-def _fold_runs(cfg: Config) -> list[Any]:
-    return batched._build_folds(cfg, *setup(cfg))
-
-
 @needs_fork
 def test_an_error_in_a_fold_process_is_raised_here(train_csv: str) -> None:
     cfg = make_cfg(
@@ -573,7 +573,7 @@ def test_an_error_in_a_fold_process_is_raised_here(train_csv: str) -> None:
     )
     with pytest.raises(CovidRegError, match="diverged at epoch 1") as expected:
         together(cfg)
-    runs = _fold_runs(cfg)
+    runs = fold_runs(cfg)
     with (
         batched._ForkedGroups(cfg, [runs[3:]], torch.device("cpu")) as others,
         pytest.raises(CovidRegError) as got,
@@ -591,7 +591,7 @@ def test_a_crash_in_a_fold_process_carries_its_traceback(
 
     monkeypatch.setattr(batched._BatchedTrainer, "fit", broken_fit)  # the child is a fork
     cfg = make_cfg(train_csv)
-    runs = _fold_runs(cfg)
+    runs = fold_runs(cfg)
     with (
         batched._ForkedGroups(cfg, [runs[2:]], torch.device("cpu")) as others,
         pytest.raises(RuntimeError, match="cv folds 3, 4, 5 failed") as got,
@@ -603,7 +603,7 @@ def test_a_crash_in_a_fold_process_carries_its_traceback(
 @needs_fork
 def test_a_fold_process_that_dies_is_reported(train_csv: str) -> None:
     cfg = make_cfg(train_csv, epochs=100_000)
-    runs = _fold_runs(cfg)
+    runs = fold_runs(cfg)
     with batched._ForkedGroups(cfg, [runs[3:]], torch.device("cpu")) as others:
         (group,) = others.groups
         os.kill(group.process.pid, signal.SIGKILL)
@@ -617,7 +617,7 @@ def test_a_fold_process_that_dies_is_reported(train_csv: str) -> None:
 @needs_fork
 def test_leaving_early_ends_the_fold_processes(train_csv: str) -> None:
     cfg = make_cfg(train_csv, epochs=100_000)
-    runs = _fold_runs(cfg)
+    runs = fold_runs(cfg)
     with (
         pytest.raises(KeyboardInterrupt),
         batched._ForkedGroups(cfg, [runs[2:3], runs[3:]], torch.device("cpu")) as others,
