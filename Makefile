@@ -43,8 +43,10 @@ format: install
 	$(VENV)/bin/ruff format covidreg tests bench
 	$(VENV)/bin/ruff check --fix covidreg tests bench
 
+# `make bench BENCH_ARGS=--quick` for a smoke run; BENCH_ARGS="--reference none" skips the
+# reference commit.
 bench: install
-	$(PY) bench/bench.py --data-dir "$(COVIDREG_DATA_DIR)"
+	$(PY) bench/bench.py --data-dir "$(COVIDREG_DATA_DIR)" $(BENCH_ARGS)
 
 # Rewrites the config reference of README.md from covidreg/config.py.
 docs: install

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from covidreg.data import FEATURE_NAMES, HW01Table, feature_columns, fit_standardization
+from covidreg.schema import FEATURE_NAMES, HW01Table, feature_columns, fit_standardization
 
 RIDGE_ALPHA = 1.0  # on standardised features; small next to the ~2000 training rows
 

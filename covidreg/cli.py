@@ -196,20 +196,18 @@ def train(
         if warning and not quiet:
             progress.warn(warning)
 
-        def run_one(seed_cfg: Config, seed_out: Path | None) -> tuple[float, Any]:
-            with progress.epoch_display(quiet, seed_cfg.epochs) as display:
-                result = run_train(
-                    seed_cfg, seed_out, on_epoch=display.on_epoch, on_start=display.on_start
-                )
-            progress.train_summary(result, quiet or seeds > 1)
-            return result.metrics["valid_rmse"], result
-
         if seeds == 1:
-            run_one(cfg, out)
+            with progress.epoch_display(quiet, cfg.epochs) as display:
+                result = run_train(cfg, out, on_epoch=display.on_epoch, on_start=display.on_start)
+            progress.train_summary(result, quiet)
             return
-        from covidreg.seeds import repeat_over_seeds
+        from covidreg.cv import FoldEvents
+        from covidreg.seeds import train_seeds
 
-        repeated = repeat_over_seeds(cfg, seeds, out, "runs", "train", run_one, check_train_inputs)
+        data = check_train_inputs(cfg)
+        with progress.fold_display(quiet, cfg.epochs, label="seed") as display:
+            events = FoldEvents(display.on_fold_start, display.on_epoch)
+            repeated = train_seeds(cfg, seeds, out, "runs", events, data, display.on_start)
         progress.seeds_summary(repeated, quiet)
 
 
@@ -241,7 +239,7 @@ def cv(
         if seeds < 1:
             fail(f"--seeds must be 1 or more, got {seeds}")
 
-        def run_one(seed_cfg: Config, seed_out: Path | None) -> tuple[float, Any]:
+        def run_one(seed_cfg: Config, seed_out: Path | None, data: Any = None) -> tuple[float, Any]:
             with progress.fold_display(quiet, seed_cfg.epochs) as display:
                 result = run_cv(
                     seed_cfg,
@@ -252,6 +250,7 @@ def cv(
                     on_fold_start=display.on_fold_start,
                     on_epoch=display.on_epoch,
                     on_fold_end=display.on_fold_end,
+                    data=data,
                 )
             progress.cv_summary(result, quiet or seeds > 1)
             return result.summary["valid_rmse"]["mean"], result
@@ -322,8 +321,14 @@ def tune(
         typer.Option(help="Objective: mean valid RMSE over this many folds; 1: one holdout split."),
     ] = 5,
     workers: Annotated[
-        int, typer.Option(help="Processes on this machine sharing the study (one thread each).")
-    ] = 1,
+        Optional[int],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            help="Processes on this machine sharing the study (one thread each); default: one "
+            "per available CPU core, at most one per trial left to run (one with an SQLite "
+            "--storage).",
+            show_default=False,
+        ),
+    ] = None,
     storage: Annotated[
         Optional[str],  # noqa: UP045 - Typer reads it
         typer.Option(
@@ -366,14 +371,16 @@ def tune(
     from covidreg import progress
 
     with user_errors():
-        from covidreg import tune as tuning
+        from covidreg.tune.reports import show_study
+        from covidreg.tune.space import base_config, load_search_space
+        from covidreg.tune.study import TuneInterrupted, plan_tune, run_tune
 
         if show:
-            result = tuning.show_study(study, storage, out)
+            result = show_study(study, storage, out)
         else:
-            space = tuning.load_search_space(search)
-            cfg = tuning.base_config(config, overrides, space)
-            plan = tuning.plan_tune(
+            space = load_search_space(search)
+            cfg = base_config(config, overrides, space)
+            plan = plan_tune(
                 cfg,
                 space,
                 study_name=study,
@@ -390,8 +397,8 @@ def tune(
                     progress.warn(warning)
             try:
                 with progress.trial_display(quiet) as display:
-                    result = tuning.run_tune(plan, display.on_start, display.on_progress)
-            except tuning.TuneInterrupted as exc:
+                    result = run_tune(plan, display.on_start, display.on_progress)
+            except TuneInterrupted as exc:
                 progress.tune_interrupted(exc)
                 raise typer.Exit(130) from None
         progress.tune_summary(result, quiet)
@@ -423,7 +430,7 @@ def features() -> None:
 
     Example: [bold]covidreg features[/bold]
     """
-    from covidreg.data import FEATURE_NAMES, PRESETS
+    from covidreg.schema import FEATURE_NAMES, PRESETS
 
     for name, names in PRESETS.items():
         print(f"{name} ({len(names)}): {','.join(names)}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from covidreg.errors import CovidRegError
+from covidreg.optimizers import OPTIMIZER_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +39,6 @@ InitScheme = Literal[
     "constant",
 ]
 BiasInit = Literal["default", "zeros", "constant"]
-OptimizerName = Literal["sgd", "adagrad", "rmsprop", "adam", "adamw"]
 SchedulerName = Literal["none", "step", "exponential", "cosine", "plateau"]
 Target = Literal["level", "delta"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -95,7 +95,12 @@ class Config:
         "relu", "Activation: relu, leaky_relu, tanh, sigmoid, gelu, selu.", "model"
     )
     dropout: float = _opt(0.0, "Dropout probability after each hidden activation.", "model")
-    batch_norm: bool = _opt(False, "Batch normalisation before each hidden activation.", "model")
+    batch_norm: bool = _opt(
+        False,
+        "Batch normalisation before each hidden activation: not supported by the training "
+        "engine (kept so that configs and checkpoints that set it false still load).",
+        "model",
+    )
     init: str = _opt(
         "default",
         "Weight init: default (PyTorch's), uniform, normal, xavier_uniform, xavier_normal, "
@@ -114,7 +119,9 @@ class Config:
     bias_init: str = _opt("default", "Bias init: default (PyTorch's), zeros or constant.", "model")
     bias_value: float = _opt(0.01, "constant bias init: the bias value.", "model")
     # --- optimisation ---
-    optimizer: str = _opt("adam", "Optimizer: sgd, adagrad, rmsprop, adam, adamw.", "train")
+    optimizer: str = _opt(
+        "adam", "Optimizer (torch.optim's algorithm): " + ", ".join(OPTIMIZER_NAMES) + ".", "train"
+    )
     lr: float = _opt(1e-3, "Learning rate.", "train")
     weight_decay: float = _opt(0.0, "Optimizer weight decay (decoupled for adamw).", "train")
     momentum: float = _opt(0.9, "Momentum (sgd, rmsprop).", "train")
@@ -153,20 +160,24 @@ class Config:
         True, "Deterministic algorithms (bit-identical reruns); off allows faster kernels.", "run"
     )
     device: str = _opt("auto", "Device: auto (cuda when available), cpu or cuda.", "run")
-    num_workers: int = _opt(0, "DataLoader worker processes.", "run")
     threads: int = _opt(
         1,
         "CPU threads for torch's kernels; 1 is fastest for networks this small (more threads "
         "only add synchronisation); 0 keeps torch's default.",
         "run",
     )
+    stack_size: int = _opt(
+        3,
+        "Most models trained together as one stack (cv folds, --seeds runs, a tune trial's "
+        "folds), in groups of consecutive models. A model's bits depend on the stack it trains "
+        "in, so this is a setting, never the number of cores.",
+        "run",
+    )
     fold_processes: int = _opt(
         0,
-        "cv: processes that train the folds side by side on the CPU (Linux), each with "
-        "`threads` threads; when one finishes early, a new one takes over folds of the first. "
-        "The results are the same for any number. 0: one per available CPU core, at most one "
-        "per fold; 1: every fold in this process (also used for a model with a layer of one "
-        "unit or one input feature).",
+        "cv, --seeds: processes that train the stacks side by side on the CPU (Linux), each "
+        "with `threads` threads. They only schedule the stacks: the results are the same for "
+        "any number. 0: one per available CPU core, at most one per stack.",
         "run",
     )
     flush_denormal: bool = _opt(
@@ -189,7 +200,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": typing.get_args(InitScheme),
     "init_mode": ("fan_in", "fan_out"),
     "bias_init": typing.get_args(BiasInit),
-    "optimizer": typing.get_args(OptimizerName),
+    "optimizer": OPTIMIZER_NAMES,
     "scheduler": typing.get_args(SchedulerName),
     "device": typing.get_args(Device),
 }
@@ -305,12 +316,17 @@ def validate(cfg: Config) -> None:
         value = getattr(cfg, key)
         _require(value in choices, key, "one of " + ", ".join(choices), value)
     positive_ints = ("epochs", "batch_size", "step_size", "plateau_patience")
-    for key in positive_ints:
+    for key in (*positive_ints, "stack_size"):
         _require(getattr(cfg, key) > 0, key, "a positive integer", getattr(cfg, key))
+    if cfg.batch_norm:
+        raise CovidRegError(
+            "config key 'batch_norm' is not supported: the training engine's backward covers "
+            "linear layers, activations and dropout; set batch_norm = false (or drop "
+            "--batch-norm)"
+        )
     for key in (
         "patience",
         "purge",
-        "num_workers",
         "checkpoint_every",
         "threads",
         "fold_processes",
@@ -336,9 +352,19 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# keys earlier versions saved that no longer mean anything (the engine gathers its batches in
+# process, so DataLoader workers had nothing left to do)
+RETIRED_KEYS = frozenset({"num_workers"})
+
+
 def from_dict(values: dict[str, Any], source: str = "checkpoint") -> Config:
-    """Rebuild a config saved by ``to_dict``; keys added since are filled with defaults."""
-    checked = {key: coerce_value(key, value, source) for key, value in values.items()}
+    """Rebuild a config saved by ``to_dict``; keys added since are filled with defaults, keys
+    since retired are dropped."""
+    checked = {
+        key: coerce_value(key, value, source)
+        for key, value in values.items()
+        if key not in RETIRED_KEYS
+    }
     cfg = Config(**checked)
     validate(cfg)
     return cfg

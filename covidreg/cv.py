@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,20 +12,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from covidreg import artifacts, batched
+from covidreg import artifacts
 from covidreg.baselines import persistence_predict, ridge_fit_predict, rmse
 from covidreg.config import Config, to_toml
-from covidreg.data import feature_columns, make_kfold, select
-from covidreg.experiment import (
+from covidreg.engine import (
+    EarlyStopping,
+    EpochRecord,
     FittedModel,
-    LoadedData,
-    OnEpoch,
-    checkpoint_payload,
-    fit_model,
-    load_data,
-    preflight,
+    Member,
+    build_member,
+    fit_members,
+    predict,
+    stack_groups,
 )
-from covidreg.train import EpochRecord, predict
+from covidreg.experiment import LoadedData, OnEpoch, checkpoint_payload, load_data, preflight
+from covidreg.processes import StackProcesses, process_count
+from covidreg.reproducibility import resolve_device
+from covidreg.schema import feature_columns, select
+from covidreg.splits import make_kfold
 
 FOLD_COLUMNS = (
     "fold",
@@ -133,52 +138,122 @@ def summarize(cfg: Config, n_folds: int, folds: list[FoldResult]) -> dict[str, A
         "persistence_rmse": mean_std([f.persistence_rmse for f in folds]),
         "ridge_rmse": mean_std([f.ridge_rmse for f in folds]),
         "epochs_run": mean_std([f.epochs_run for f in folds]),
-        "seconds": round(sum(f.seconds for f in folds), 3),
+        "fold_seconds": mean_std([f.seconds for f in folds]),
         "folds": [{k: v for k, v in asdict(f).items() if k != "history"} for f in folds],
     }
+
+
+@dataclass
+class FoldEvents:
+    """Callbacks of a cross-validation, fired in fold order: ``on_fold_start(k, n_folds)``,
+    ``on_epoch(record, stopper)`` for each of fold k's epochs, then ``on_fold_fitted(k,
+    fitted)``. ``after_epoch(stack, epoch, members)`` runs after every epoch of a stack trained
+    in this process (``members``: the stack's; it may raise, to stop the run)."""
+
+    on_fold_start: Callable[[int, int], None] | None = None
+    on_epoch: OnEpoch | None = None
+    on_fold_fitted: Callable[[int, FittedModel], None] | None = None
+    after_epoch: Callable[[int, int, list[Member]], None] | None = None
+
+
+def fold_members(
+    cfg: Config,
+    data: LoadedData,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    seeds: list[int] | None = None,
+) -> list[Member]:
+    """One model per fold, fold k (from 1) seeded with ``fold_seed(cfg.seed, k)``, or with
+    ``seeds[k - 1]``."""
+    if seeds is None:
+        seeds = [fold_seed(cfg.seed, k) for k in range(1, len(folds) + 1)]
+    columns = feature_columns(data.feature_names)
+    return [
+        build_member(
+            cfg,
+            data.feature_names,
+            select(data.train, columns, train_idx),
+            select(data.train, columns, valid_idx),
+            seed,
+        )
+        for (train_idx, valid_idx), seed in zip(folds, seeds, strict=True)
+    ]
 
 
 def cross_validate(
     cfg: Config,
     data: LoadedData,
     folds: list[tuple[np.ndarray, np.ndarray]],
-    events: batched.FoldEvents | None = None,
-    together: bool | None = None,
+    events: FoldEvents | None = None,
+    processes: bool = True,
+    seeds: list[int] | None = None,
 ) -> list[FittedModel]:
-    """Train one model per fold (fold k seeded with ``fold_seed(cfg.seed, k)``), in fold order.
+    """Train one model per fold; returns their fitted models in fold order.
 
-    The folds train together as one batched model (``covidreg.batched``) when the config allows
-    it, else one after another (``together=False`` forces that: the reference path). Both give
-    the same models to float rounding and fire ``events`` in the same order; one after another,
-    ``on_epoch_mean`` can only run once every fold has finished.
+    The folds train in stacks of consecutive folds (``engine.stack_groups``: the config
+    decides them), side by side in forked processes (``processes``: as many as
+    ``processes.process_count`` gives; else one after another here). Either way each fold's
+    result is the same bits. ``seeds``: as in ``fold_members``.
     """
-    events = events or batched.FoldEvents()
-    seeds = [fold_seed(cfg.seed, k) for k in range(1, len(folds) + 1)]
-    if together is None:
-        together = batched.supports(cfg)
-    if together:
-        return batched.fit_folds(cfg, data, folds, seeds, events)
-    fitted_folds: list[FittedModel] = []
-    for k, ((train_idx, valid_idx), seed) in enumerate(zip(folds, seeds, strict=True), start=1):
-        if events.on_fold_start is not None:
-            events.on_fold_start(k, len(folds))
-        fitted = fit_model(cfg, data, train_idx, valid_idx, seed, events.on_epoch)
-        fitted_folds.append(fitted)
-        if events.on_fold_fitted is not None:
-            events.on_fold_fitted(k, fitted)
-    if events.on_epoch_mean is not None:
-        for epoch, mse in epoch_means([f.result.history for f in fitted_folds]):
-            events.on_epoch_mean(epoch, mse)
-    return fitted_folds
+    events = events or FoldEvents()
+    members = fold_members(cfg, data, folds, seeds)
+    stacks = [[members[k] for k in group] for group in stack_groups(cfg, len(members))]
+    n_processes = process_count(cfg, len(stacks), resolve_device(cfg.device)) if processes else 1
+    in_order = _InFoldOrder(events, cfg, members)
+    in_order.advance()  # fold 1 starts now
+
+    def train_stack(index: int) -> list[FittedModel]:
+        return fit_members(cfg, stacks[index])
+
+    with StackProcesses(stacks, n_processes, train_stack) as others:
+        for index in range(0, len(stacks), n_processes):
+
+            def after_epoch(epoch: int, index: int = index) -> None:
+                others.poll()
+                in_order.advance()
+                if events.after_epoch is not None:
+                    events.after_epoch(index, epoch, stacks[index])
+
+            fit_members(cfg, stacks[index], after_epoch=after_epoch)
+            in_order.advance()
+        others.wait()
+    in_order.advance()
+    return [m.fitted for m in members if m.fitted is not None]
 
 
-def epoch_means(histories: list[list[EpochRecord]]) -> list[tuple[int, float]]:
-    """(epoch, mean validation MSE of the folds that ran that epoch) for every epoch."""
-    by_epoch: dict[int, list[float]] = {}
-    for history in histories:
-        for record in history:
-            by_epoch.setdefault(record.epoch, []).append(record.valid_loss)
-    return [(epoch, sum(v) / len(v)) for epoch, v in sorted(by_epoch.items())]
+class _InFoldOrder:
+    """Fires the fold callbacks in fold order, whatever order the folds train in.
+
+    The lowest unfinished fold is reported live, epoch by epoch; a later fold's epochs so far
+    are replayed when its turn comes, through a fresh EarlyStopping stepped on the same losses,
+    so each ``on_epoch`` sees the stopper state of that fold at that epoch.
+    """
+
+    def __init__(self, events: FoldEvents, cfg: Config, members: list[Member]) -> None:
+        self.events = events
+        self.cfg = cfg
+        self.members = members
+        self.current = 0
+        self.shown = 0
+        self.stopper: EarlyStopping | None = None
+
+    def advance(self) -> None:
+        events, n_folds = self.events, len(self.members)
+        while self.current < n_folds:
+            member = self.members[self.current]
+            if self.stopper is None:
+                self.stopper = EarlyStopping(self.cfg.patience, self.cfg.min_delta)
+                if events.on_fold_start is not None:
+                    events.on_fold_start(self.current + 1, n_folds)
+            for record in member.history[self.shown :]:
+                self.stopper.step(record.valid_loss, record.epoch)
+                if events.on_epoch is not None:
+                    events.on_epoch(record, self.stopper)
+            self.shown = len(member.history)
+            if member.fitted is None:
+                return
+            if events.on_fold_fitted is not None:
+                events.on_fold_fitted(self.current + 1, member.fitted)
+            self.current, self.shown, self.stopper = self.current + 1, 0, None
 
 
 def run_cv(
@@ -191,14 +266,14 @@ def run_cv(
     on_fold_start: Callable[[int, int], None] | None = None,
     on_epoch: OnEpoch | None = None,
     on_fold_end: Callable[[FoldResult], None] | None = None,
-    on_epoch_mean: Callable[[int, float], None] | None = None,
+    data: LoadedData | None = None,
 ) -> CvResult:
     """``covidreg cv``: train one model per fold and write the cv run directory.
 
-    ``on_epoch_mean(epoch, mse)``: the mean validation MSE of the folds still training, after
-    every epoch (see ``cross_validate``); an exception raised there stops the run.
+    ``data``: the CSVs already read and checked (``check_cv_inputs``), else they are read here.
     """
-    data = load_data(cfg, with_test=write_predictions)
+    if data is None:
+        data = load_data(cfg, with_test=write_predictions)
     folds = make_folds(cfg, data, n_folds)
     artifacts.check_output_target(out)
     run_dir = artifacts.ensure_writable_dir(out) if out else artifacts.new_run_dir(runs_dir, "cv")
@@ -216,10 +291,15 @@ def run_cv(
         if on_fold_end is not None:
             on_fold_end(fold)
 
-    events = batched.FoldEvents(on_fold_start, on_epoch, on_fold_fitted, on_epoch_mean)
-    cross_validate(cfg, data, folds, events)
-    summary = summarize(cfg, n_folds, results)
-    pred_path = _write_cv_outputs(run_dir, cfg, data, results, models, summary, write_predictions)
+    with artifacts.Plots() as plots:  # matplotlib loads beside the training
+        start = time.perf_counter()
+        cross_validate(cfg, data, folds, FoldEvents(on_fold_start, on_epoch, on_fold_fitted))
+        summary = summarize(cfg, n_folds, results)
+        summary["seconds"] = round(time.perf_counter() - start, 3)  # the folds' wall time
+        pred_path = _write_cv_outputs(
+            run_dir, cfg, data, results, models, summary, write_predictions, plots
+        )
+        plots.finish()
     return CvResult(run_dir, n_folds, cfg.split, results, summary, pred_path)
 
 
@@ -245,12 +325,15 @@ def _write_cv_outputs(
     models: list[torch.nn.Module],
     summary: dict[str, Any],
     write_predictions: bool,
+    plots: artifacts.Plots,
 ) -> Path | None:
     artifacts.write_text(run_dir / "config.toml", to_toml(cfg))
     artifacts.write_csv(run_dir / "cv.csv", list(FOLD_COLUMNS), [f.row() for f in folds])
     summary = {
         **summary,
-        "environment": artifacts.environment_info(cfg.device, cfg.seed, cfg.deterministic),
+        "environment": artifacts.environment_info(
+            str(resolve_device(cfg.device)), cfg.seed, cfg.deterministic
+        ),
     }
     artifacts.write_json(run_dir / "summary.json", summary)
     curves = [
@@ -262,8 +345,8 @@ def _write_cv_outputs(
         )
         for f in folds
     ]
-    artifacts.plot_learning_curve(
-        run_dir / "learning_curves.png", curves, [f.best_epoch for f in folds]
+    plots.draw(
+        "learning_curve", run_dir / "learning_curves.png", curves, [f.best_epoch for f in folds]
     )
     if not write_predictions or data.test is None:
         return None

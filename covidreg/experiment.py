@@ -15,31 +15,29 @@ import torch
 from covidreg import artifacts
 from covidreg.baselines import persistence_predict, rmse
 from covidreg.config import Config, from_dict, to_dict, to_toml
-from covidreg.data import (
+from covidreg.engine import (
+    EarlyStopping,
+    Engine,
+    EpochRecord,
+    FitResult,
+    FittedModel,
+    build_member,
+    check_batch_size,
+    fit_members,
+    predict,
+)
+from covidreg.errors import CovidRegError
+from covidreg.model import count_parameters, skip_index_for
+from covidreg.reproducibility import resolve_device
+from covidreg.schema import (
     TARGET,
-    Arrays,
-    HW01Dataset,
     HW01Table,
     feature_columns,
-    fit_standardization,
-    holdout_split,
-    make_loader,
     read_hw01_csv,
     resolve_features,
     select,
 )
-from covidreg.errors import CovidRegError
-from covidreg.model import MLP, build_model, count_parameters, skip_index_for
-from covidreg.train import (
-    EarlyStopping,
-    EpochRecord,
-    FitResult,
-    Trainer,
-    predict,
-    resolve_device,
-    seed_everything,
-    set_threads,
-)
+from covidreg.splits import holdout_split
 
 STATE_FILE = "training_state.pt"
 OnEpoch = Callable[[EpochRecord, EarlyStopping], None]
@@ -69,55 +67,6 @@ def preflight(cfg: Config, data: LoadedData, n_train: int) -> None:
     resolve_device(cfg.device)
 
 
-def check_batch_size(cfg: Config, n_train: int) -> None:
-    if cfg.batch_size > n_train:
-        raise CovidRegError(
-            f"batch_size {cfg.batch_size} is larger than the {n_train} training rows of this "
-            f"split; use --batch-size {n_train} or less"
-        )
-
-
-@dataclass
-class PreparedModel:
-    """A freshly initialised model and the rows it will train and validate on."""
-
-    model: MLP
-    train: Arrays
-    valid: Arrays
-    mean: np.ndarray
-    std: np.ndarray
-
-
-def prepare_model(
-    cfg: Config, data: LoadedData, train_idx: np.ndarray, valid_idx: np.ndarray, seed: int
-) -> PreparedModel:
-    """Select the rows, seed, build the model and fit its normalisation on the training rows.
-
-    In this order, always: every training path (one model, folds trained together) starts
-    from the same weights for the same seed.
-    """
-    columns = feature_columns(data.feature_names)
-    train = select(data.train, columns, train_idx)
-    valid = select(data.train, columns, valid_idx)
-    check_batch_size(cfg, len(train))
-    set_threads(cfg.threads)
-    seed_everything(seed, cfg.deterministic)
-    model = build_model(cfg, data.feature_names)
-    mean, std = fit_standardization(train.x.astype(np.float64), data.feature_names)
-    if cfg.normalize:
-        model.set_normalization(mean, std)
-    return PreparedModel(model, train, valid, mean, std)
-
-
-@dataclass
-class FittedModel:
-    model: torch.nn.Module
-    result: FitResult
-    trainer: Trainer | None  # None for folds trained together (covidreg.batched)
-    mean: np.ndarray
-    std: np.ndarray
-
-
 def fit_model(
     cfg: Config,
     data: LoadedData,
@@ -125,36 +74,21 @@ def fit_model(
     valid_idx: np.ndarray,
     seed: int,
     on_epoch: OnEpoch | None = None,
-    on_checkpoint: Callable[[Trainer], None] | None = None,
+    on_checkpoint: Callable[[Engine], None] | None = None,
     resume_state: dict[str, Any] | None = None,
 ) -> FittedModel:
-    """Seed, build, normalise on the training rows only, and train one model."""
-    prepared = prepare_model(cfg, data, train_idx, valid_idx, seed)
-    model, train_arr, valid_arr = prepared.model, prepared.train, prepared.valid
-    mean, std = prepared.mean, prepared.std
-    device = resolve_device(cfg.device)
-    loader = make_loader(
-        HW01Dataset(train_arr.x, train_arr.y), cfg.batch_size, True, seed, cfg.num_workers
-    )
-    trainer = Trainer(
-        model,
+    """One model on these rows: the engine with a stack of one."""
+    columns = feature_columns(data.feature_names)
+    member = build_member(
         cfg,
-        loader,
-        torch.from_numpy(valid_arr.x),
-        torch.from_numpy(valid_arr.y),
-        device,
+        data.feature_names,
+        select(data.train, columns, train_idx),
+        select(data.train, columns, valid_idx),
+        seed,
     )
-    if resume_state is not None:
-        try:
-            trainer.load_state_dict(resume_state)
-        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            raise CovidRegError(
-                f"the saved training state does not fit this model and optimizer ({reason}); "
-                "it was written by another covidreg version or config: start the run again"
-            ) from None
-    result = trainer.fit(on_epoch=on_epoch, on_checkpoint=on_checkpoint)
-    return FittedModel(trainer.model, result, trainer, mean, std)
+    shown = None if on_epoch is None else (lambda _k, record, stopper: on_epoch(record, stopper))
+    (fitted,) = fit_members(cfg, [member], shown, on_checkpoint, resume_state)
+    return fitted
 
 
 def checkpoint_payload(
@@ -166,12 +100,8 @@ def checkpoint_payload(
         "config": to_dict(cfg),
         "feature_names": list(feature_names),
         "target_name": TARGET,
-        "normalization": {
-            "fitted_on": "training split",
-            "applied": cfg.normalize,
-            "mean": [float(v) for v in fitted.mean],
-            "std": [float(v) for v in fitted.std],
-        },
+        # the statistics themselves are the model's input_mean/input_std buffers
+        "normalization": {"fitted_on": "training split", "applied": cfg.normalize},
         "state_dict": {k: v.detach().cpu() for k, v in fitted.model.state_dict().items()},
         "metrics": metrics,
     }
@@ -185,7 +115,7 @@ class RunResult:
     message: str
 
 
-def _metrics(
+def run_metrics(
     cfg: Config, data: LoadedData, train_idx: np.ndarray, valid_idx: np.ndarray, fitted: FittedModel
 ) -> dict[str, Any]:
     result = fitted.result
@@ -217,8 +147,10 @@ def write_run(
     valid_idx: np.ndarray,
     fitted: FittedModel,
     metrics: dict[str, Any],
+    plots: artifacts.Plots,
 ) -> None:
-    """Write every output file of a finished run (each atomically)."""
+    """Write every output file of a finished run (each atomically); the plots are queued on
+    ``plots``, whose ``finish`` the caller awaits."""
     model, history = fitted.model, fitted.result.history
     artifacts.save_checkpoint(
         run_dir / "model.pt", checkpoint_payload(cfg, data.feature_names, fitted, metrics)
@@ -230,7 +162,8 @@ def write_run(
         [(r.epoch, repr(r.train_loss), repr(r.valid_loss), repr(r.lr)) for r in history],
     )
     artifacts.write_json(run_dir / "metrics.json", metrics)
-    artifacts.plot_learning_curve(
+    plots.draw(
+        "learning_curve",
         run_dir / "learning_curve.png",
         [
             (
@@ -246,8 +179,8 @@ def write_run(
     device = next(model.parameters()).device
     valid = select(data.train, columns, valid_idx)
     valid_pred = predict(model, torch.from_numpy(valid.x).to(device))
-    artifacts.plot_predictions(
-        run_dir / "valid_pred.png", valid.y, valid_pred, metrics["valid_rmse"]
+    plots.draw(
+        "predictions", run_dir / "valid_pred.png", valid.y, valid_pred, metrics["valid_rmse"]
     )
     if data.test is not None:
         test_x = torch.from_numpy(select(data.test, columns).x).to(device)
@@ -269,9 +202,14 @@ def run_train(
     run_name: str = "train",
     on_epoch: OnEpoch | None = None,
     on_start: Callable[[Path, int], None] | None = None,
+    data: LoadedData | None = None,
 ) -> RunResult:
-    """``covidreg train``: validate everything, then train and write the run directory."""
-    data = check_train_inputs(cfg)
+    """``covidreg train``: validate everything, then train and write the run directory.
+
+    ``data``: the CSVs already read and checked (``check_train_inputs``), else read here.
+    """
+    if data is None:
+        data = check_train_inputs(cfg)
     train_idx, valid_idx = holdout_split(
         data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
@@ -304,18 +242,20 @@ def _train_into(
     if on_start is not None:
         on_start(run_dir, 0 if resume_state is None else int(resume_state["epoch"]))
 
-    def save_state(trainer: Trainer) -> None:
+    def save_state(engine: Engine) -> None:
         artifacts.save_checkpoint(
             run_dir / STATE_FILE,
-            {"kind": "training_state", "config": to_dict(cfg), **trainer.state_dict()},
+            {"kind": "training_state", "config": to_dict(cfg), **engine.state_dict()},
             durable=False,
         )
 
-    fitted = fit_model(
-        cfg, data, train_idx, valid_idx, cfg.seed, on_epoch, save_state, resume_state
-    )
-    metrics = _metrics(cfg, data, train_idx, valid_idx, fitted)
-    write_run(run_dir, cfg, data, valid_idx, fitted, metrics)
+    with artifacts.Plots() as plots:  # matplotlib loads beside the training
+        fitted = fit_model(
+            cfg, data, train_idx, valid_idx, cfg.seed, on_epoch, save_state, resume_state
+        )
+        metrics = run_metrics(cfg, data, train_idx, valid_idx, fitted)
+        write_run(run_dir, cfg, data, valid_idx, fitted, metrics, plots)
+        plots.finish()
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     return RunResult(run_dir, metrics, fitted.result, fitted.result.message)
 

@@ -13,10 +13,10 @@ import torch
 
 from covidreg import artifacts
 from covidreg.config import Config, from_dict
-from covidreg.data import FEATURE_NAMES, HW01Table, feature_columns, read_hw01_csv, select
+from covidreg.engine import predict
 from covidreg.errors import CovidRegError
 from covidreg.model import MLP, build_model
-from covidreg.train import predict
+from covidreg.schema import FEATURE_NAMES, HW01Table, feature_columns, read_hw01_csv, select
 
 MODEL_FILE = "model.pt"
 _MEMBER_DIR = re.compile(r"(fold|seed)_\d+")

@@ -135,7 +135,9 @@ def train_summary(result: Any, quiet: bool) -> None:
 
 
 class FoldDisplay(EpochDisplay):
-    """One progress bar per fold, and the fold's row as soon as it finishes."""
+    """One progress bar per fold (or seed: ``label``), updated as soon as it trains."""
+
+    label = "fold"
 
     def on_start(self, run_dir: Path, first_epoch: int = 0) -> None:  # type: ignore[override]
         if self.progress is None:
@@ -150,7 +152,7 @@ class FoldDisplay(EpochDisplay):
             self._show()
         self._last = None
         self.task = self.progress.add_task(
-            f"fold {fold}/{n_folds}", total=self.total, train="-", valid="-", best="-"
+            f"{self.label} {fold}/{n_folds}", total=self.total, train="-", valid="-", best="-"
         )
 
     def on_fold_end(self, fold: Any) -> None:
@@ -159,8 +161,9 @@ class FoldDisplay(EpochDisplay):
 
 
 @contextmanager
-def fold_display(quiet: bool, total: int) -> Iterator[FoldDisplay]:
+def fold_display(quiet: bool, total: int, label: str = "fold") -> Iterator[FoldDisplay]:
     display = FoldDisplay(None if quiet else _epoch_progress(), total)
+    display.label = label
     try:
         yield display
     finally:
@@ -212,7 +215,7 @@ def cv_summary(result: Any, quiet: bool) -> None:
                 f"{s['valid_rmse'][key]:.4f}",
                 f"{s['persistence_rmse'][key]:.4f}",
                 f"{s['ridge_rmse'][key]:.4f}",
-                f"{s['seconds']:.1f}" if key == "mean" else "",
+                f"{s['fold_seconds'][key]:.1f}",
             )
         err_console.print(table)
         err_console.print(f"outputs: {result.run_dir}")
@@ -335,7 +338,7 @@ def _param_text(params: dict[str, Any]) -> str:
 
 def tune_summary(result: Any, quiet: bool) -> None:
     """The best trials of the study, the output files, and the result line on stdout."""
-    from covidreg.tune import objective_name
+    from covidreg.tune.reports import objective_name
 
     objective = objective_name(result.n_folds)
     if not quiet:

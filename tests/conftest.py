@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidreg.data import DAILY, STATES, TRAIN_HEADER
+from covidreg.schema import DAILY, STATES, TRAIN_HEADER
 
 REAL_DATA_ENV = "COVIDREG_DATA_DIR"
 
@@ -95,7 +95,7 @@ def interrupted_run_dir(files: dict[str, Path], out: Path, stop_at: int = 6) -> 
     saved after epoch 5."""
     from covidreg.config import resolve_config
     from covidreg.experiment import STATE_FILE, run_train
-    from covidreg.train import EarlyStopping, EpochRecord
+    from covidreg.engine import EarlyStopping, EpochRecord
 
     cfg = resolve_config(
         None,

@@ -12,15 +12,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from covidreg import batched
 from covidreg.baselines import RIDGE_ALPHA
 from covidreg.cli import app
 from covidreg.config import resolve_config
 from covidreg.cv import fold_seed, make_folds
-from covidreg.data import FEATURE_NAMES, PRESETS, make_kfold, within_state_position
+from covidreg.processes import can_fork
+from covidreg.schema import FEATURE_NAMES, PRESETS
+from covidreg.splits import make_kfold, within_state_position
 from covidreg.experiment import load_data
 from covidreg.predict import load_model
-from covidreg.train import predict
+from covidreg.engine import predict
 from tests.conftest import synthetic_rows, write_hw01_csv
 
 runner = CliRunner()
@@ -231,7 +232,7 @@ def test_same_seed_reruns_are_identical(
     assert without_seconds(other / "cv.csv") != without_seconds(cv_run / "cv.csv")
 
 
-@pytest.mark.skipif(not batched._can_fork(), reason="fold processes fork, on Linux only")
+@pytest.mark.skipif(not can_fork(), reason="fold processes fork, on Linux only")
 def test_fold_processes_change_only_the_time(
     cv_run: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:

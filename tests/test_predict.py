@@ -22,7 +22,7 @@ runner = CliRunner()
 # Every non-default choice must come back from the checkpoint: predict takes no model flags.
 MODEL_FLAGS = (
     "--hidden", "12,6", "--activation", "tanh", "--features", "strong_states",
-    "--target", "delta", "--batch-norm", "--dropout", "0.1", "--init", "xavier_normal",
+    "--target", "delta", "--dropout", "0.1", "--init", "xavier_normal",
 )  # fmt: skip
 
 
@@ -107,7 +107,7 @@ def test_checkpoint_alone_rebuilds_the_model(
     loaded = load_model(alone)
     assert loaded.config.hidden == [12, 6]
     assert (loaded.config.activation, loaded.config.target) == ("tanh", "delta")
-    assert loaded.config.batch_norm and loaded.config.dropout == 0.1
+    assert loaded.config.dropout == 0.1
     assert loaded.feature_names[:2] == ["AL", "AK"] and len(loaded.feature_names) == 54
     assert not loaded.model.training, "a loaded model predicts in eval mode"
 

@@ -180,8 +180,10 @@ def test_flushing_subnormals_changes_no_result_on_the_real_data(real_data_dir: P
     """With the sample config, the momentum of one-hot weights no batch reaches decays into
     subnormal floats; flushing them to zero (the default) gives the same training, bit for bit."""
     from covidreg.config import resolve_config
-    from covidreg.data import holdout_split
-    from covidreg.experiment import FittedModel, fit_model, load_data
+    from covidreg.engine import Engine, build_member
+    from covidreg.experiment import load_data
+    from covidreg.schema import feature_columns, select
+    from covidreg.splits import holdout_split
 
     overrides = {
         "epochs": 300,
@@ -196,16 +198,20 @@ def test_flushing_subnormals_changes_no_result_on_the_real_data(real_data_dir: P
         train_idx, valid_idx = holdout_split(
             data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
         )
-        fits[flush] = fit_model(cfg, data, train_idx, valid_idx, cfg.seed)
+        columns = feature_columns(data.feature_names)
+        train, valid = (select(data.train, columns, idx) for idx in (train_idx, valid_idx))
+        engine = Engine(cfg, [build_member(cfg, data.feature_names, train, valid, cfg.seed)])
+        (fitted,) = engine.fit()
+        fits[flush] = (engine, fitted)
 
-    def subnormals(fitted: FittedModel) -> int:
-        assert fitted.trainer is not None
-        buffers = [s["momentum_buffer"] for s in fitted.trainer.optimizer.state.values()]
+    def subnormals(engine: Engine) -> int:
+        (buffers,) = engine.optimizer.state["momentum_buffer"]  # the one model's
         tiny = torch.finfo(torch.float32).tiny
         return sum(int(((b != 0) & (b.abs() < tiny)).sum()) for b in buffers)
 
-    assert subnormals(fits[False]) > 0  # they do occur without flushing
-    assert subnormals(fits[True]) == 0
+    assert subnormals(fits[False][0]) > 0  # they do occur without flushing
+    assert subnormals(fits[True][0]) == 0
+    fits = {flush: fitted for flush, (_, fitted) in fits.items()}
     flushed, kept = fits[True].model.state_dict(), fits[False].model.state_dict()
     assert all(torch.equal(flushed[k], kept[k]) for k in flushed)
     assert [vars(r) for r in fits[True].result.history] == [

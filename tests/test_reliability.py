@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from covidreg import artifacts
 from covidreg.cli import app
 from covidreg.experiment import STATE_FILE
-from covidreg.train import resolve_device
+from covidreg.reproducibility import resolve_device
 from tests.conftest import interrupted_run_dir, train_args
 
 runner = CliRunner()
@@ -161,11 +161,11 @@ def test_kill_during_checkpoint_writes_leaves_a_loadable_file(tmp_path: Path) ->
 # --- bit-identical reruns ---------------------------------------------------------------------
 
 
-def test_cv_worker_processes_do_not_change_results(
+def test_cv_fold_processes_do_not_change_results(
     hw01_files: dict[str, Path], tmp_path: Path
 ) -> None:
     runs = {}
-    for workers in ("0", "2"):
+    for workers in ("1", "2"):
         out = tmp_path / f"w{workers}"
         args = [
             "cv",
@@ -181,10 +181,9 @@ def test_cv_worker_processes_do_not_change_results(
             "16",
             "--dropout",
             "0.1",
-            # batch norm keeps cv on its one-fold-after-another path, where the DataLoader (and
-            # so its worker processes) feeds the batches
-            "--batch-norm",
-            "--num-workers",
+            "--stack-size",
+            "1",
+            "--fold-processes",
             workers,
             "--predict",
             "--out",
@@ -194,7 +193,7 @@ def test_cv_worker_processes_do_not_change_results(
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.stderr
         runs[workers] = out
-    w0, w2 = runs["0"], runs["2"]
+    w0, w2 = runs["1"], runs["2"]
 
     def without_seconds(path: Path) -> list[list[str]]:
         return [line.split(",")[:-1] for line in path.read_text().splitlines()]

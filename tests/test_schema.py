@@ -1,49 +1,39 @@
-"""HW01 CSV validation, feature selection, honest splits, standardisation, batches."""
+"""HW01 CSV validation, feature selection, standardisation."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from covidreg import data as data_module
-from covidreg.data import (
+from covidreg import schema as schema_module
+from covidreg.errors import CovidRegError
+from covidreg.schema import (
     DAILY,
     FEATURE_NAMES,
     PRESETS,
     STATES,
     TRAIN_HEADER,
-    BlockedKFold,
-    HW01Dataset,
-    InterleavedKFold,
-    RandomKFold,
-    ShuffledBatches,
     feature_columns,
     fit_standardization,
-    holdout_split,
-    make_kfold,
-    make_loader,
     read_hw01_csv,
     resolve_features,
     select,
-    within_state_position,
 )
-from covidreg.errors import CovidRegError
 from tests.conftest import synthetic_rows
 
 Cells = list[list[str]]
 
 
 def column_name(col: int) -> str:
-    """Unique name of raw CSV column ``col`` (0 = id), written out independently of data.py."""
+    """Unique name of raw CSV column ``col`` (0 = id), written out independently of schema.py."""
     if col == 0:
         return "id"
     if col <= len(STATES):
@@ -59,21 +49,6 @@ def read_cells(path: Path) -> Cells:
 def write_cells(path: Path, cells: Cells) -> Path:
     path.write_text("\n".join(",".join(row) for row in cells) + "\n")
     return path
-
-
-def overlap_days(states: np.ndarray, a: np.ndarray, b: np.ndarray) -> set[tuple[int, int]]:
-    """(state, day) pairs covered by both row sets; the row at position p covers days p..p+2."""
-    position = within_state_position(states)
-
-    def days(rows: np.ndarray) -> set[tuple[int, int]]:
-        return {(int(states[r]), int(position[r]) + d) for r in rows for d in range(3)}
-
-    return days(a) & days(b)
-
-
-def grouped_states(counts: list[int]) -> np.ndarray:
-    """A state vector as in the HW01 files: each state's windows together, in day order."""
-    return np.repeat(np.arange(len(counts)), counts)
 
 
 # --- reading a valid file ------------------------------------------------------------------------
@@ -505,7 +480,7 @@ def test_the_fast_number_reader_changes_no_outcome(
     path = tmp_path_factory.getbasetemp() / "fast.csv"
     path.write_bytes(data.replace(b",", f"{padding},{padding}".encode()))
     fast = read_outcome(path, require_target)
-    with mock.patch.object(data_module, "_read_numbers", return_value=None):
+    with mock.patch.object(schema_module, "_read_numbers", return_value=None):
         cell_by_cell = read_outcome(path, require_target)
     assert fast[0] == cell_by_cell[0]
     if fast[0] == "error":
@@ -519,10 +494,10 @@ def test_a_clean_file_takes_the_fast_number_reader(tmp_path: Path) -> None:
     path = tmp_path / "clean.csv"
     rows = synthetic_rows(2, 5)
     cells = [list(TRAIN_HEADER)] + [[str(i), *(f"{v:.7g}" for v in r)] for i, r in enumerate(rows)]
-    numbers = data_module._read_numbers(write_cells(path, cells), len(TRAIN_HEADER))
+    numbers = schema_module._read_numbers(write_cells(path, cells), len(TRAIN_HEADER))
     assert numbers is not None and numbers.shape == (10, len(TRAIN_HEADER))
     cells[3][7] = "x"
-    assert data_module._read_numbers(write_cells(path, cells), len(TRAIN_HEADER)) is None
+    assert schema_module._read_numbers(write_cells(path, cells), len(TRAIN_HEADER)) is None
 
 
 # --- features ------------------------------------------------------------------------------------
@@ -582,252 +557,6 @@ def test_no_features_is_an_error() -> None:
         resolve_features([])
 
 
-# --- k-fold splitters ----------------------------------------------------------------------------
-
-UNEVEN = grouped_states([17, 23, 30, 12])
-
-
-def assert_partition(folds: list[tuple[np.ndarray, np.ndarray]], n_rows: int) -> None:
-    """Every row is in exactly one validation fold; train and valid never share a row."""
-    valid_all = np.concatenate([valid for _, valid in folds])
-    np.testing.assert_array_equal(np.sort(valid_all), np.arange(n_rows))
-    for train, valid in folds:
-        assert len(np.intersect1d(train, valid)) == 0
-        assert len(train) > 0 and len(valid) > 0
-        assert len(np.unique(train)) == len(train)
-
-
-SPLITTERS = [
-    pytest.param(lambda k: BlockedKFold(k, purge=2), id="blocked"),
-    pytest.param(lambda k: RandomKFold(k, seed=3), id="random"),
-    pytest.param(InterleavedKFold, id="interleaved"),
-]
-
-
-@pytest.mark.parametrize("n_splits", [2, 3, 5, 7])
-@pytest.mark.parametrize("make", SPLITTERS)
-def test_kfold_partitions_rows(make: Callable[[int], BlockedKFold], n_splits: int) -> None:
-    folds = list(make(n_splits).split(UNEVEN))
-    assert len(folds) == n_splits
-    assert_partition(folds, len(UNEVEN))
-
-
-@pytest.mark.parametrize("n_splits", [2, 3, 5, 7])
-def test_blocked_kfold_shares_no_day_between_train_and_valid(n_splits: int) -> None:
-    folds = list(BlockedKFold(n_splits, purge=2).split(UNEVEN))
-    position = within_state_position(UNEVEN)
-    for train, valid in folds:
-        assert overlap_days(UNEVEN, train, valid) == set()
-        # nothing more is dropped than needed: each purged row does share a day with valid
-        purged = np.setdiff1d(np.arange(len(UNEVEN)), np.union1d(train, valid))
-        for row in purged:
-            assert overlap_days(UNEVEN, np.array([row]), valid)
-        for state in range(4):
-            held = np.sort(position[valid][UNEVEN[valid] == state])
-            assert len(held) > 0
-            np.testing.assert_array_equal(held, np.arange(held[0], held[0] + len(held)))
-
-
-def test_blocked_kfold_block_sizes_follow_array_split() -> None:
-    folds = list(BlockedKFold(5, purge=2).split(UNEVEN))
-    for state, count in enumerate([17, 23, 30, 12]):
-        sizes = [int(np.sum(UNEVEN[valid] == state)) for _, valid in folds]
-        assert sizes == [len(part) for part in np.array_split(np.arange(count), 5)]
-
-
-def test_blocked_kfold_without_purge_shares_days() -> None:
-    """purge=0 leaks days across the block edges: this is what the purge prevents."""
-    folds = list(BlockedKFold(4, purge=0).split(UNEVEN))
-    assert_partition(folds, len(UNEVEN))
-    assert all(overlap_days(UNEVEN, train, valid) for train, valid in folds)
-    for train, valid in folds:  # without purge, train is everything else
-        np.testing.assert_array_equal(np.sort(np.union1d(train, valid)), np.arange(len(UNEVEN)))
-
-
-def test_blocked_kfold_purge_one_still_leaks() -> None:
-    folds = list(BlockedKFold(3, purge=1).split(UNEVEN))
-    assert any(overlap_days(UNEVEN, train, valid) for train, valid in folds)
-
-
-@pytest.mark.parametrize("n_splits", [2, 4, 9])
-def test_interleaved_kfold_is_row_mod_k(n_splits: int) -> None:
-    for k, (train, valid) in enumerate(InterleavedKFold(n_splits).split(UNEVEN)):
-        rows = np.arange(len(UNEVEN))
-        np.testing.assert_array_equal(valid, rows[rows % n_splits == k])
-        np.testing.assert_array_equal(train, rows[rows % n_splits != k])
-
-
-def test_random_kfold_is_seed_deterministic_and_balanced() -> None:
-    first = list(RandomKFold(4, seed=7).split(UNEVEN))
-    again = list(RandomKFold(4, seed=7).split(UNEVEN))
-    other = list(RandomKFold(4, seed=8).split(UNEVEN))
-    for (t1, v1), (t2, v2) in zip(first, again, strict=True):
-        np.testing.assert_array_equal(t1, t2)
-        np.testing.assert_array_equal(v1, v2)
-    assert any(not np.array_equal(v1, v2) for (_, v1), (_, v2) in zip(first, other, strict=True))
-    sizes = [len(valid) for _, valid in first]
-    assert max(sizes) - min(sizes) <= 1
-    # shuffled, not contiguous
-    assert any(np.any(np.diff(valid) > 1) for _, valid in first)
-
-
-@pytest.mark.parametrize("make", SPLITTERS)
-@pytest.mark.parametrize("n_splits", [1, 0, -3], ids=lambda k: f"k={k}")
-def test_kfold_needs_two_folds(make: Callable[[int], BlockedKFold], n_splits: int) -> None:
-    with pytest.raises(CovidRegError, match=rf"integer >= 2, got {n_splits}"):
-        list(make(n_splits).split(UNEVEN))
-
-
-@pytest.mark.parametrize("make", SPLITTERS)
-def test_kfold_more_folds_than_rows(make: Callable[[int], BlockedKFold]) -> None:
-    states = grouped_states([3, 3])
-    with pytest.raises(CovidRegError, match=r"number of folds \(7\) exceeds the number of rows"):
-        list(make(7).split(states))
-
-
-def test_blocked_kfold_needs_enough_rows_per_state() -> None:
-    with pytest.raises(CovidRegError, match="a state has 12; use fewer folds"):
-        list(BlockedKFold(13, purge=0).split(UNEVEN))
-
-
-def test_blocked_kfold_fold_without_training_rows() -> None:
-    with pytest.raises(CovidRegError, match="leaves no training rows"):
-        list(BlockedKFold(2, purge=2).split(grouped_states([4, 4])))
-
-
-def test_blocked_kfold_negative_purge() -> None:
-    with pytest.raises(CovidRegError, match="purge must be >= 0, got -1"):
-        BlockedKFold(3, purge=-1)
-
-
-def test_make_kfold_by_name() -> None:
-    assert isinstance(make_kfold("blocked", 3, purge=1), BlockedKFold)
-    assert make_kfold("blocked", 3, purge=1).purge == 1
-    assert isinstance(make_kfold("random", 3, seed=5), RandomKFold)
-    assert make_kfold("random", 3, seed=5).seed == 5
-    assert isinstance(make_kfold("interleaved", 3), InterleavedKFold)
-    with pytest.raises(CovidRegError, match="unknown split 'stratified'"):
-        make_kfold("stratified", 3)
-
-
-# --- holdout split -------------------------------------------------------------------------------
-
-
-def test_blocked_holdout_keeps_the_last_days_of_each_state() -> None:
-    train, valid = holdout_split(UNEVEN, "blocked", valid_ratio=0.2, purge=2)
-    position = within_state_position(UNEVEN)
-    for state, count in enumerate([17, 23, 30, 12]):
-        n_valid = round(count * 0.2)
-        held = position[valid][UNEVEN[valid] == state]
-        kept = position[train][UNEVEN[train] == state]
-        np.testing.assert_array_equal(np.sort(held), np.arange(count - n_valid, count))
-        np.testing.assert_array_equal(np.sort(kept), np.arange(count - n_valid - 2))
-    assert overlap_days(UNEVEN, train, valid) == set()
-    assert len(np.intersect1d(train, valid)) == 0
-
-
-def test_blocked_holdout_without_purge_shares_days() -> None:
-    train, valid = holdout_split(UNEVEN, "blocked", valid_ratio=0.2, purge=0)
-    assert overlap_days(UNEVEN, train, valid)
-    assert len(train) + len(valid) == len(UNEVEN)
-
-
-def test_interleaved_holdout_is_every_tenth_row() -> None:
-    n = len(UNEVEN)
-    train, valid = holdout_split(UNEVEN, "interleaved", valid_ratio=0.1)
-    np.testing.assert_array_equal(valid, np.arange(0, n, 10))
-    np.testing.assert_array_equal(np.sort(np.concatenate([train, valid])), np.arange(n))
-    _, valid_fifth = holdout_split(UNEVEN, "interleaved", valid_ratio=0.2)
-    np.testing.assert_array_equal(valid_fifth, np.arange(0, n, 5))
-
-
-def test_random_holdout_is_seeded() -> None:
-    n = len(UNEVEN)
-    train, valid = holdout_split(UNEVEN, "random", valid_ratio=0.25, seed=1)
-    assert len(valid) == round(n * 0.25)
-    np.testing.assert_array_equal(np.sort(np.concatenate([train, valid])), np.arange(n))
-    again_train, again_valid = holdout_split(UNEVEN, "random", valid_ratio=0.25, seed=1)
-    np.testing.assert_array_equal(valid, again_valid)
-    np.testing.assert_array_equal(train, again_train)
-    _, other_valid = holdout_split(UNEVEN, "random", valid_ratio=0.25, seed=2)
-    assert not np.array_equal(valid, other_valid)
-
-
-@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.2, 1.5])
-def test_holdout_ratio_out_of_range(ratio: float) -> None:
-    with pytest.raises(CovidRegError, match="valid_ratio must be between 0 and 1"):
-        holdout_split(UNEVEN, "random", valid_ratio=ratio)
-
-
-def test_holdout_unknown_method_and_too_few_rows() -> None:
-    with pytest.raises(CovidRegError, match="unknown split 'kfold'"):
-        holdout_split(UNEVEN, "kfold", valid_ratio=0.2)
-    with pytest.raises(CovidRegError, match="leaves 0 training and 1 validation rows"):
-        holdout_split(np.array([0]), "random", valid_ratio=0.5)
-    with pytest.raises(CovidRegError, match="leaves 0 training"):
-        holdout_split(grouped_states([3, 3]), "blocked", valid_ratio=0.3, purge=2)
-
-
-# --- property: the splitters fail only with CovidRegError ----------------------------------------
-
-STATE_VECTORS = st.lists(st.integers(0, 5), max_size=40).map(lambda s: np.array(s, dtype=np.int64))
-
-
-def split_once(method: str, states: np.ndarray, n_splits: int, purge: int) -> Iterator:
-    return make_kfold(method, n_splits, seed=0, purge=purge).split(states)
-
-
-@settings(max_examples=150, deadline=None, database=None)
-@given(
-    states=STATE_VECTORS,
-    grouped=st.booleans(),
-    method=st.sampled_from(["blocked", "random", "interleaved"]),
-    n_splits=st.integers(-1, 12),
-    purge=st.integers(0, 4),
-)
-def test_kfold_property(
-    states: np.ndarray, grouped: bool, method: str, n_splits: int, purge: int
-) -> None:
-    if grouped:
-        states = np.sort(states)
-    try:
-        folds = list(split_once(method, states, n_splits, purge))
-    except CovidRegError:
-        return
-    assert len(folds) == n_splits
-    assert_partition(folds, len(states))
-    if method == "blocked" and purge >= 2:
-        for train, valid in folds:
-            assert overlap_days(states, train, valid) == set()
-    if method != "blocked":
-        for train, valid in folds:
-            assert len(train) + len(valid) == len(states)
-
-
-@settings(max_examples=150, deadline=None, database=None)
-@given(
-    states=STATE_VECTORS,
-    method=st.sampled_from(["blocked", "random", "interleaved"]),
-    valid_ratio=st.floats(-0.5, 1.5, allow_nan=False),
-    purge=st.integers(0, 4),
-    seed=st.integers(0, 2**32 - 1),
-)
-def test_holdout_property(
-    states: np.ndarray, method: str, valid_ratio: float, purge: int, seed: int
-) -> None:
-    try:
-        train, valid = holdout_split(states, method, valid_ratio, seed=seed, purge=purge)
-    except CovidRegError:
-        return
-    assert 0 < valid_ratio < 1
-    assert len(train) > 0 and len(valid) > 0
-    assert len(np.intersect1d(train, valid)) == 0
-    assert np.all(np.diff(train) > 0) and np.all(np.diff(valid) > 0)
-    assert train.max() < len(states) and valid.max() < len(states)
-    if method == "blocked" and purge >= 2:
-        assert overlap_days(states, train, valid) == set()
-
-
 # --- standardisation -----------------------------------------------------------------------------
 
 
@@ -860,80 +589,3 @@ def test_constant_column_gets_std_one(value: float, dtype: type) -> None:
     assert std[0] == 1.0
     np.testing.assert_allclose(mean[0], np.float64(dtype(value)), rtol=1e-12)
     np.testing.assert_allclose(std[1], x[:, 1].astype(np.float64).std(), rtol=1e-12)
-
-
-# --- Dataset, sampler, loader --------------------------------------------------------------------
-
-
-def test_dataset_indexing_with_a_tensor_returns_a_batch() -> None:
-    x = np.arange(20, dtype=np.float64).reshape(10, 2)
-    y = np.arange(10, dtype=np.float64) * 10
-    dataset = HW01Dataset(x, y)
-    assert len(dataset) == 10
-    xb, yb = dataset[torch.tensor([7, 2, 2])]
-    assert xb.dtype == torch.float32 and yb.dtype == torch.float32
-    torch.testing.assert_close(xb, torch.tensor([[14.0, 15.0], [4.0, 5.0], [4.0, 5.0]]))
-    torch.testing.assert_close(yb, torch.tensor([70.0, 20.0, 20.0]))
-    x_only, empty = HW01Dataset(x)[torch.tensor([1])]
-    torch.testing.assert_close(x_only, torch.tensor([[2.0, 3.0]]))
-    assert empty.numel() == 0
-
-
-def epochs_of(sampler: ShuffledBatches, n_epochs: int) -> list[list[torch.Tensor]]:
-    return [list(sampler) for _ in range(n_epochs)]
-
-
-def test_shuffled_batches_cover_every_row_once_per_epoch() -> None:
-    sampler = ShuffledBatches(23, 5, shuffle=True, generator=torch.Generator().manual_seed(0))
-    assert len(sampler) == 5
-    for batches in epochs_of(sampler, 3):
-        assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
-        assert torch.equal(torch.cat(batches).sort().values, torch.arange(23))
-
-
-def test_shuffled_batches_are_reproducible_and_change_each_epoch() -> None:
-    def run(seed: int) -> list[torch.Tensor]:
-        sampler = ShuffledBatches(40, 8, True, torch.Generator().manual_seed(seed))
-        return [torch.cat(batches) for batches in epochs_of(sampler, 3)]
-
-    first, again, other = run(11), run(11), run(12)
-    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
-    assert not torch.equal(first[0], first[1])
-    assert not torch.equal(first[1], first[2])
-    assert not torch.equal(first[0], other[0])
-
-
-@pytest.mark.parametrize(("n_rows", "batch_size"), [(23, 5), (40, 8), (7, 7), (3, 10)])
-def test_epoch_order_is_what_iterating_gives(n_rows: int, batch_size: int) -> None:
-    def sampler() -> ShuffledBatches:
-        return ShuffledBatches(n_rows, batch_size, True, torch.Generator().manual_seed(3))
-
-    iterated, ordered = sampler(), sampler()
-    for _ in range(3):  # the generator moves on alike, epoch after epoch
-        batches = list(iterated)
-        order, sizes = ordered.epoch_order()
-        assert sizes == [len(b) for b in batches]
-        assert torch.equal(order, torch.cat(batches))
-
-
-def test_unshuffled_batches_are_in_order() -> None:
-    batches = list(ShuffledBatches(10, 4, shuffle=False, generator=None))
-    assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-
-
-def test_loader_with_workers_yields_the_same_batches() -> None:
-    rng = np.random.default_rng(0)
-    dataset = HW01Dataset(rng.normal(size=(37, 3)), rng.normal(size=37))
-
-    def epochs(num_workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        loader = make_loader(dataset, batch_size=8, shuffle=True, seed=5, num_workers=num_workers)
-        return [batch for _ in range(2) for batch in loader]
-
-    in_process, workers = epochs(0), epochs(2)
-    assert len(in_process) == len(workers) == 10
-    for (x0, y0), (x2, y2) in zip(in_process, workers, strict=True):
-        assert torch.equal(x0, x2)
-        assert torch.equal(y0, y2)
-    first_epoch = torch.cat([y for _, y in in_process[:5]])
-    assert torch.equal(first_epoch.sort().values, dataset.y.sort().values)
-    assert not torch.equal(first_epoch, dataset.y)  # shuffled

@@ -1,23 +1,22 @@
-"""HW01 data: CSV -> validated arrays, feature selection, honest splits, Dataset and DataLoader.
+"""The HW01 CSV schema: columns, feature names and presets, validated reading, feature arrays.
 
-Each row of the HW01 files is a 3-day window of one state. Within a state, consecutive training
-rows are consecutive windows sharing two of their three days, so row i's target (day-3
-tested_positive) is row i+1's ``tested_positive_d2`` feature. A random or every-k-th-row split
-therefore leaks validation answers into training; ``blocked`` holds out whole stretches of days
-and purges the neighbouring windows.
+A training file has an id, 40 one-hot state columns and 3 days x 18 daily columns, the last of
+them (day-3 tested_positive) the target; a test file lacks that last column. The CSV repeats the
+daily names each day, so features are named here by day (``cli_d1`` ... ``tested_positive_d2``).
+Normalisation statistics live here too: which features pass through unscaled (the one-hot
+states) is a fact of the schema.
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from covidreg.errors import CovidRegError
 
@@ -290,147 +289,26 @@ def feature_columns(names: Sequence[str]) -> np.ndarray:
     return np.array([FEATURE_NAMES.index(name) for name in names], dtype=np.int64)
 
 
-# --- splits -------------------------------------------------------------------------------------
+# --- features of a subset of rows ---------------------------------------------------------------
 
 
-def within_state_position(states: np.ndarray) -> np.ndarray:
-    """Rank of each row within its state in file order (the HW01 files list days in order)."""
-    position = np.empty(len(states), dtype=np.int64)
-    for state in np.unique(states):
-        rows = np.flatnonzero(states == state)
-        position[rows] = np.arange(len(rows))
-    return position
+@dataclass
+class Arrays:
+    """Selected features (raw, un-normalised) and targets of one subset of rows."""
+
+    x: np.ndarray  # float32 [n, n_features]
+    y: np.ndarray | None  # float32 [n]
+
+    def __len__(self) -> int:
+        return len(self.x)
 
 
-def _check_n_splits(n_splits: int, n_rows: int) -> None:
-    if not isinstance(n_splits, int) or isinstance(n_splits, bool) or n_splits < 2:
-        raise CovidRegError(f"number of folds must be an integer >= 2, got {n_splits!r}")
-    if n_splits > n_rows:
-        raise CovidRegError(
-            f"number of folds ({n_splits}) exceeds the number of rows ({n_rows}); use at most "
-            f"{n_rows} folds"
-        )
-
-
-class BlockedKFold:
-    """Fold k holds the k-th contiguous block of days of every state.
-
-    The ``purge`` windows on each side of a state's block are left out of training: windows at
-    most two rows apart share a day, so without purging the validation days leak into training.
-    """
-
-    def __init__(self, n_splits: int = 5, purge: int = 2) -> None:
-        if purge < 0:
-            raise CovidRegError(f"purge must be >= 0, got {purge}")
-        self.n_splits = n_splits
-        self.purge = purge
-
-    def split(self, states: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        _check_n_splits(self.n_splits, len(states))
-        smallest = np.bincount(states)[np.unique(states)].min()
-        if self.n_splits > smallest:
-            raise CovidRegError(
-                f"blocked split with {self.n_splits} folds needs at least {self.n_splits} rows per "
-                f"state, but a state has {smallest}; use fewer folds"
-            )
-        position = within_state_position(states)
-        n_per_state = np.bincount(states)[states]
-        # block k of a state with m windows spans positions [start_k, end_k): np.array_split's cut
-        for k in range(self.n_splits):
-            start = k * (n_per_state // self.n_splits) + np.minimum(k, n_per_state % self.n_splits)
-            size = n_per_state // self.n_splits + (k < n_per_state % self.n_splits)
-            end = start + size
-            valid = (position >= start) & (position < end)
-            near = (position >= start - self.purge) & (position < end + self.purge)
-            if near.all():
-                raise CovidRegError(
-                    f"blocked split: fold {k + 1} of {self.n_splits} leaves no training rows "
-                    f"after purging {self.purge} windows on each side; use fewer folds, a "
-                    "smaller purge or more rows per state"
-                )
-            yield np.flatnonzero(~near), np.flatnonzero(valid)
-
-
-class RandomKFold:
-    """Rows shuffled with a seed and cut into folds (leaks across neighbouring windows)."""
-
-    def __init__(self, n_splits: int = 5, seed: int = 0) -> None:
-        self.n_splits = n_splits
-        self.seed = seed
-
-    def split(self, states: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        _check_n_splits(self.n_splits, len(states))
-        order = np.random.default_rng(self.seed).permutation(len(states))
-        for valid in np.array_split(order, self.n_splits):
-            mask = np.zeros(len(states), dtype=bool)
-            mask[valid] = True
-            yield np.flatnonzero(~mask), np.flatnonzero(mask)
-
-
-class InterleavedKFold:
-    """Row i goes to fold i mod K, as the course sample code's dev split (leaks)."""
-
-    def __init__(self, n_splits: int = 5) -> None:
-        self.n_splits = n_splits
-
-    def split(self, states: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        _check_n_splits(self.n_splits, len(states))
-        fold = np.arange(len(states)) % self.n_splits
-        for k in range(self.n_splits):
-            yield np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-
-
-def make_kfold(
-    method: str, n_splits: int, seed: int = 0, purge: int = 2
-) -> BlockedKFold | RandomKFold | InterleavedKFold:
-    if method == "blocked":
-        return BlockedKFold(n_splits, purge)
-    if method == "random":
-        return RandomKFold(n_splits, seed)
-    if method == "interleaved":
-        return InterleavedKFold(n_splits)
-    raise CovidRegError(f"unknown split '{method}'; use blocked, random or interleaved")
-
-
-def holdout_split(
-    states: np.ndarray, method: str, valid_ratio: float, seed: int = 0, purge: int = 2
-) -> tuple[np.ndarray, np.ndarray]:
-    """One train/valid split holding out ``valid_ratio`` of the rows.
-
-    blocked: the last ``valid_ratio`` of each state's days (train on earlier days, validate on
-    later ones), with ``purge`` windows before them dropped. random: a seeded shuffle.
-    interleaved: every k-th row with k = round(1 / valid_ratio), rows 0, k, 2k... as in the
-    course sample code.
-    """
-    n = len(states)
-    if not 0 < valid_ratio < 1:
-        raise CovidRegError(f"valid_ratio must be between 0 and 1, got {valid_ratio}")
-    if method == "blocked":
-        position = within_state_position(states)
-        n_per_state = np.bincount(states)[states]
-        n_valid = np.maximum(1, np.round(n_per_state * valid_ratio).astype(np.int64))
-        first_valid = n_per_state - n_valid
-        valid = position >= first_valid
-        train = position < first_valid - purge
-        train_idx, valid_idx = np.flatnonzero(train), np.flatnonzero(valid)
-    elif method == "random":
-        order = np.random.default_rng(seed).permutation(n)
-        n_valid = max(1, round(n * valid_ratio))
-        valid_idx, train_idx = np.sort(order[:n_valid]), np.sort(order[n_valid:])
-    elif method == "interleaved":
-        # capped: a tiny ratio would overflow, and any k >= n already holds out only row 0
-        every = max(2, round(min(1 / valid_ratio, n + 1)))
-        is_valid = np.arange(n) % every == 0
-        train_idx, valid_idx = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
-    else:
-        raise CovidRegError(f"unknown split '{method}'; use blocked, random or interleaved")
-    if len(train_idx) == 0 or len(valid_idx) == 0:
-        raise CovidRegError(
-            f"the {method} split of {n} rows with valid_ratio={valid_ratio} leaves "
-            f"{len(train_idx)} training and {len(valid_idx)} validation rows; use more data "
-            "or another valid_ratio"
-        )
-    return train_idx, valid_idx
+def select(table: HW01Table, columns: np.ndarray, rows: np.ndarray | None = None) -> Arrays:
+    """The feature ``columns`` and the targets of ``rows`` (every row if None), as float32."""
+    rows = np.arange(len(table)) if rows is None else rows
+    x = table.features[np.ix_(rows, columns)].astype(np.float32)
+    y = None if table.target is None else table.target[rows].astype(np.float32)
+    return Arrays(x=x, y=y)
 
 
 # --- normalisation ------------------------------------------------------------------------------
@@ -452,127 +330,3 @@ def fit_standardization(x_train: np.ndarray, names: Sequence[str]) -> tuple[np.n
     constant = np.all(x == x[:1], axis=0) | (std < 1e-12)
     std[constant] = 1.0  # a constant feature: centre it, do not divide by zero
     return mean, std
-
-
-# --- Dataset and DataLoader --------------------------------------------------------------------
-
-
-@dataclass
-class Arrays:
-    """Selected features (raw, un-normalised) and targets of one subset of rows."""
-
-    x: np.ndarray  # float32 [n, n_features]
-    y: np.ndarray | None  # float32 [n]
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-
-def select(table: HW01Table, columns: np.ndarray, rows: np.ndarray | None = None) -> Arrays:
-    rows = np.arange(len(table)) if rows is None else rows
-    x = table.features[np.ix_(rows, columns)].astype(np.float32)
-    y = None if table.target is None else table.target[rows].astype(np.float32)
-    return Arrays(x=x, y=y)
-
-
-class HW01Dataset(torch.utils.data.Dataset):
-    """Features and targets held as tensors; indexing with a tensor of rows returns a batch.
-
-    Used with ``ShuffledBatches`` as the DataLoader's sampler (``batch_size=None``), each batch is
-    one tensor slice: no per-row ``__getitem__`` and no per-row collate.
-    """
-
-    def __init__(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
-        self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        self.y = None if y is None else torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(index, torch.Tensor) and index.dim() == 1:
-            # the same rows as x[index], several times faster than advanced indexing
-            x = self.x.index_select(0, index)
-            return x, torch.empty(0) if self.y is None else self.y.index_select(0, index)
-        if self.y is None:
-            return self.x[index], torch.empty(0)
-        return self.x[index], self.y[index]
-
-
-def gather_rows(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """``x[index]`` (rows), written into ``out`` when it has the right shape, else a new tensor.
-
-    A training loop passes back what it got last epoch: a fresh tensor this size every epoch
-    would be new pages from the system each time, and touching them first costs about as much
-    as the copy. ``index_select`` is also several times faster than advanced indexing.
-    """
-    shape = (len(index), *x.shape[1:])
-    if out is None or out.shape != shape:
-        out = x.new_empty(shape)
-    return torch.index_select(x, 0, index, out=out)
-
-
-class ShuffledBatches(torch.utils.data.Sampler):
-    """Yields one index tensor per mini-batch; a fresh permutation each epoch if ``shuffle``.
-
-    The permutation comes from its own seeded ``torch.Generator``, never from the global RNG,
-    so evaluation or dropout cannot change the order of the training batches.
-    """
-
-    def __init__(
-        self, n_rows: int, batch_size: int, shuffle: bool, generator: torch.Generator | None
-    ) -> None:
-        self.n_rows = n_rows
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = generator
-
-    def __len__(self) -> int:
-        return -(-self.n_rows // self.batch_size)
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        order, _ = self.epoch_order()
-        yield from order.split(self.batch_size)
-
-    def epoch_order(self) -> tuple[torch.Tensor, list[int]]:
-        """The next epoch's rows in batch order, and the batch sizes; what iterating gives."""
-        if self.shuffle:
-            order = torch.randperm(self.n_rows, generator=self.generator)
-        else:
-            order = torch.arange(self.n_rows)
-        full, rest = divmod(self.n_rows, self.batch_size)
-        return order, [self.batch_size] * full + ([rest] if rest else [])
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Seed NumPy and Python's random in each worker from torch's per-worker seed."""
-    import random
-
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def make_loader(
-    dataset: HW01Dataset,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    num_workers: int = 0,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader over whole-batch slices, shuffled by a generator seeded with ``seed``.
-
-    Two generators: one orders the batches, the other gives the DataLoader its per-epoch base
-    seed (worker seeds), so neither touches the global torch RNG.
-    """
-    order_gen = torch.Generator().manual_seed(seed)
-    loader_gen = torch.Generator().manual_seed(seed + 1)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=None,
-        sampler=ShuffledBatches(len(dataset), batch_size, shuffle, order_gen),
-        num_workers=num_workers,
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
-        generator=loader_gen,
-        persistent_workers=num_workers > 0,
-    )

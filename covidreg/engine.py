@@ -1,0 +1,703 @@
+"""The training engine: a stack of S >= 1 independent MLPs of one architecture, trained together.
+
+``covidreg train`` is a stack of one model, ``cv`` stacks its folds, ``--seeds`` its seeds and
+``tune`` a trial's folds; the commands only decide what goes into a stack and read out what
+comes back. Each model of the stack (a ``Member``) keeps its own initial weights, rows,
+normalisation, batch order, dropout masks, optimizer state and step count, learning rates,
+early stopping and best weights. Every step runs all members at once: member j's weights are row
+j of each layer's [S, out, in] tensor and each layer is one batched product, so S models cost
+little more per step than one (a network this small spends a step on per-operation overhead).
+
+Members with fewer rows get zero-weighted padding rows: a per-row weight makes each member's
+loss its own batch-mean MSE, and a member without a batch at a step does not step. When members
+stop, the stack is rebuilt from those still training.
+
+The bits: a member's result depends on the stack it trains in (a batched product over S
+matrices may round differently from one over S'), and on nothing else: its arithmetic is a
+function of its own config, seed and rows, of the config and rows of the other members, and of
+the step at which each stops. So callers choose stacks from the config alone, never from the
+machine's cores (``stack_groups``).
+
+The backward is written out by hand: the ATen kernels autograd runs for these operations, in
+the same order, without recording a graph (measured: a default ``covidreg train`` epoch takes
+about a third of the time it takes through autograd).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from covidreg.config import Config
+from covidreg.errors import CovidRegError
+from covidreg.loaders import HW01Dataset, gather_rows, make_loader
+from covidreg.model import ACTIVATION_BACKWARD, ACTIVATIONS, MLP, build_model, stack_forward
+from covidreg.optimizers import LearningRates, StackOptimizer
+from covidreg.reproducibility import (
+    denormals_flushed,
+    global_rng_state,
+    resolve_device,
+    seed_everything,
+    set_global_rng_state,
+    set_threads,
+)
+from covidreg.schema import Arrays, fit_standardization
+
+# --- records ------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float  # plain MSE over the epoch's batches (no penalty)
+    valid_loss: float  # plain MSE on the validation rows
+    lr: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord]
+    best_epoch: int
+    best_valid_mse: float
+    stop_reason: str  # "early_stopping", "max_epochs", "diverged"
+    seconds: float
+    message: str = ""
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs in a row without improvement (patience 0: never stop).
+
+    An improvement means ``best - loss > min_delta``: a loss exactly ``min_delta`` below the best
+    is not one. The epoch count is exact: with patience 3 and the best at epoch 5, training
+    stops after epoch 8 (the course sample code stopped one epoch late).
+    """
+
+    patience: int
+    min_delta: float = 0.0
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def step(self, loss: float, epoch: int) -> bool:
+        """Record one epoch's validation loss; True if it is a new best."""
+        if self.best - loss > self.min_delta:
+            self.best, self.best_epoch, self.bad_epochs = loss, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])
+
+
+def divergence_message(record: EpochRecord, best_epoch: int | None) -> str:
+    """What to tell the user when a loss became NaN or infinite."""
+    kept = (
+        f"kept the best weights (epoch {best_epoch})"
+        if best_epoch is not None
+        else "no epoch finished with a finite loss"
+    )
+    return (
+        f"training diverged at epoch {record.epoch} (train loss {record.train_loss:g}, "
+        f"valid loss {record.valid_loss:g}); {kept} — try a lower --lr"
+    )
+
+
+# --- one member of the stack --------------------------------------------------------------------
+
+
+@dataclass
+class FittedModel:
+    """A trained member: its model with the best weights, and how its training went."""
+
+    model: MLP
+    result: FitResult
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass
+class Member:
+    """One model of a stack and everything it keeps for itself."""
+
+    model: MLP  # built and seeded; receives the best weights at the end
+    train: Arrays
+    valid: Arrays
+    mean: np.ndarray
+    std: np.ndarray
+    loader: torch.utils.data.DataLoader  # its sampler orders the member's batches
+    dropout_masks: torch.Generator
+    stopper: EarlyStopping
+    rates: LearningRates
+    history: list[EpochRecord] = field(default_factory=list)
+    running: bool = True
+    stop_reason: str = "max_epochs"
+    message: str = ""
+    seconds: float = 0.0  # this member's share of the epochs' wall time
+    best: list[torch.Tensor] | None = None  # best weights so far, in MLP.linears() order
+    fitted: FittedModel | None = None
+
+
+def check_batch_size(cfg: Config, n_train: int) -> None:
+    if cfg.batch_size > n_train:
+        raise CovidRegError(
+            f"batch_size {cfg.batch_size} is larger than the {n_train} training rows of this "
+            f"split; use --batch-size {n_train} or less"
+        )
+
+
+def parameter_groups(cfg: Config, n_linears: int) -> tuple[list[float], list[int]]:
+    """The learning rate of each rate group, and the group of each optimizer parameter: one
+    group for the whole model, or the body's and the head's (at ``output_lr``) when it differs.
+    """
+    if cfg.output_lr in (0, cfg.lr):
+        return [cfg.lr], [0]
+    if n_linears == 1:  # no hidden layer: the head is the whole model
+        return [cfg.output_lr], [0]
+    return [cfg.lr, cfg.output_lr], [0, 1]
+
+
+def build_member(
+    cfg: Config, feature_names: list[str], train: Arrays, valid: Arrays, seed: int
+) -> Member:
+    """Seed, build the model and fit its normalisation on the training rows only.
+
+    In this order, always: the same seed gives the same initial weights in any stack.
+    """
+    check_batch_size(cfg, len(train))
+    set_threads(cfg.threads)
+    seed_everything(seed, cfg.deterministic)
+    model = build_model(cfg, feature_names)
+    # per-set normalisation leaks the valid/test statistics: fit on the training rows only
+    mean, std = fit_standardization(train.x.astype(np.float64), feature_names)
+    if cfg.normalize:
+        model.set_normalization(mean, std)
+    device = resolve_device(cfg.device)
+    masks = torch.Generator(device=device)
+    if device.type == "cpu":
+        masks.set_state(torch.get_rng_state())  # the masks nn.Dropout would draw from here
+    else:
+        masks.manual_seed(seed)
+    base_rates, _ = parameter_groups(cfg, len(model.linears()))
+    return Member(
+        model=model,
+        train=train,
+        valid=valid,
+        mean=mean,
+        std=std,
+        loader=make_loader(HW01Dataset(train.x, train.y), cfg.batch_size, True, seed),
+        dropout_masks=masks,
+        stopper=EarlyStopping(cfg.patience, cfg.min_delta),
+        rates=LearningRates(base_rates, cfg),
+    )
+
+
+def stack_groups(cfg: Config, n_members: int) -> list[list[int]]:
+    """The stacks ``n_members`` models train in: consecutive groups of at most
+    ``cfg.stack_size``, a function of the config alone (the bits of a model depend on its
+    stack, so never on the machine)."""
+    size = cfg.stack_size
+    return [list(range(i, min(i + size, n_members))) for i in range(0, n_members, size)]
+
+
+# --- the stack ------------------------------------------------------------------------------
+
+
+def _pad(rows: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Stack per-member tensors of different lengths into [S, length, ...], zero-padded."""
+    out = rows[0].new_zeros((len(rows), length, *rows[0].shape[1:]))
+    for j, row in enumerate(rows):
+        out[j, : len(row)] = row
+    return out
+
+
+@dataclass
+class _Side:
+    """The train or valid rows of the running members, padded: [S, rows, ...]."""
+
+    x: torch.Tensor  # standardised with each member's own statistics
+    y: torch.Tensor
+    skip: torch.Tensor | None  # the raw tested_positive_d2 of the delta target
+    n_rows: list[int]
+
+    @classmethod
+    def of(cls, arrays: list[Arrays], models: list[MLP], device: torch.device) -> _Side:
+        length = max(len(a) for a in arrays)
+        raw = [torch.from_numpy(a.x) for a in arrays]
+        x = [m.normalize(r) for r, m in zip(raw, models, strict=True)]
+        skip_index = models[0].skip_index
+        skip = None if skip_index is None else _pad([r[:, skip_index] for r in raw], length)
+        return cls(
+            x=_pad(x, length).to(device),
+            y=_pad([torch.from_numpy(a.y) for a in arrays], length).to(device),
+            skip=None if skip is None else skip.to(device),
+            n_rows=[len(a) for a in arrays],
+        )
+
+    def row_weights(self) -> torch.Tensor:
+        """1/n on each member's rows, 0 on its padding: a weighted sum is the member's mean."""
+        n = torch.tensor(self.n_rows, device=self.y.device)
+        is_row = torch.arange(self.y.shape[1], device=self.y.device)[None, :] < n[:, None]
+        return is_row / n[:, None].float()
+
+
+def _model_params(model: MLP) -> list[torch.Tensor]:
+    """A model's weights and biases, input layer first: the order of a stack row."""
+    return [t for m in model.linears() for t in (m.weight, m.bias)]
+
+
+def flatten(model: MLP) -> torch.Tensor:
+    """The model's parameters as one row [P]."""
+    return torch.cat([t.detach().reshape(-1) for t in _model_params(model)])
+
+
+def unflatten_into(row: torch.Tensor, model: MLP) -> None:
+    """Load a row made by ``flatten`` (or trained in a stack) back into the model."""
+    params = _model_params(model)
+    with torch.no_grad():
+        for target, value in zip(params, row.split([t.numel() for t in params]), strict=True):
+            target.copy_(value.view_as(target))
+
+
+@dataclass
+class _Steppers:
+    """The members that step at one step: their ids, parameters and gradients."""
+
+    ids: list[int]
+    params: list[list[torch.Tensor]]
+    grads: list[list[torch.Tensor]]
+
+
+@dataclass
+class _EpochPlan:
+    """Each step's rows per member (0: no batch there), its width (the most rows), the
+    members that step, each row's loss weight (1/rows, 0 on padding), and the row counts."""
+
+    batch_size: int
+    steps: list[tuple[list[int], int, _Steppers]]
+    weight: torch.Tensor  # [steps, S, batch]
+    row_counts: torch.Tensor  # [steps, S]
+
+    @classmethod
+    def of(cls, stack: _Stack, batch: int) -> _EpochPlan:
+        n_rows = np.array(stack.train.n_rows)
+        n_steps = int(max(-(-n_rows // batch)))
+        rows = np.clip(n_rows[None, :] - batch * np.arange(n_steps)[:, None], 0, batch)
+        counts = torch.from_numpy(rows)
+        is_row = torch.arange(batch)[None, None, :] < counts[:, :, None]
+        weight = is_row / counts.clamp(min=1)[:, :, None].float()
+        device = stack.flat.device
+        steppers: dict[tuple[int, ...], _Steppers] = {}
+        steps = []
+        for step_rows in rows.tolist():
+            active = tuple(j for j, n in enumerate(step_rows) if n)
+            if active not in steppers:
+                steppers[active] = _Steppers(
+                    [stack.ids[j] for j in active],
+                    [stack.params[j] for j in active],
+                    [stack.grads[j] for j in active],
+                )
+            steps.append((step_rows, max(step_rows), steppers[active]))
+        return cls(batch, steps, weight.to(device), counts.float().to(device))
+
+
+class _Stack:
+    """The running members' weights as one [S, P] tensor, their rows, and one step's arithmetic.
+
+    Row j holds member j's parameters back to back (``flatten``); each layer's weight
+    [S, out, in] and bias [S, 1, out] are views of it. The optimizer sees each member's row as
+    its one parameter (or the body's and the head's parts, for a separate ``output_lr``):
+    torch.optim's algorithms are elementwise, so that is the update of its separate tensors.
+    """
+
+    def __init__(self, cfg: Config, members: list[Member], ids: list[int], device: torch.device):
+        self.cfg = cfg
+        self.ids = ids  # the member (index into the engine's members) of each row
+        models = [members[k].model for k in ids]
+        self.flat = torch.stack([flatten(m) for m in models]).to(device)
+        self.grad = torch.zeros_like(self.flat)
+        n_members = len(ids)
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # weight [S, out, in], bias
+        self.grad_layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # the same views of grad
+        offset = 0
+        for linear in models[0].linears():
+            n_out, n_in = linear.weight.shape
+            for tensor, views in ((self.flat, self.layers), (self.grad, self.grad_layers)):
+                weight = tensor[:, offset : offset + n_out * n_in].view(n_members, n_out, n_in)
+                start = offset + n_out * n_in
+                views.append((weight, tensor[:, start : start + n_out].view(n_members, 1, n_out)))
+            offset += n_out * n_in + n_out
+        # the forward's operands: each weight as [S, in, out] (views: they follow the updates)
+        self.forward_layers = [(w.transpose(1, 2), b) for w, b in self.layers]
+        rates, _ = parameter_groups(cfg, len(self.layers))
+        head = self.layers[-1][0][0].numel() + 1
+        cut = [offset] if len(rates) == 1 else [offset - head, head]
+        self.params = [list(self.flat[j].split(cut)) for j in range(n_members)]
+        self.grads = [list(self.grad[j].split(cut)) for j in range(n_members)]
+        # the penalties' domain: 1 for the elements of weight matrices, 0 for biases
+        is_weight = torch.cat(
+            [
+                torch.full((t.numel(),), float(i % 2 == 0))
+                for i, t in enumerate(_model_params(models[0]))
+            ]
+        ).to(device)
+        self.l2_grad = 2 * cfg.l2 * is_weight if cfg.l2 else None
+        self.l1_grad = cfg.l1 * is_weight if cfg.l1 else None
+        self.activation = ACTIVATIONS[cfg.activation]()
+        self.activation_backward = ACTIVATION_BACKWARD[type(self.activation)]
+        self.train = _Side.of([members[k].train for k in ids], models, device)
+        self.valid = _Side.of([members[k].valid for k in ids], models, device)
+        self.valid_weight = self.valid.row_weights()
+        self.masks = [members[k].dropout_masks for k in ids]
+        self._plan: _EpochPlan | None = None
+        self._gathered: torch.Tensor | None = None  # the epoch's rows, rewritten every epoch
+
+    def plan(self, batch_size: int) -> _EpochPlan:
+        """Which rows each member has at each step of an epoch (the same every epoch)."""
+        if self._plan is None:
+            self._plan = _EpochPlan.of(self, batch_size)
+        return self._plan
+
+    def epoch_rows(
+        self, orders: list[torch.Tensor], plan: _EpochPlan
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x [steps, S, batch, features], y and skip [steps, S, batch] of one epoch: member j's
+        rows in the order ``orders[j]`` (its sampler's), gathered at once."""
+        n_members, length = self.train.y.shape
+        n_steps, batch = len(plan.steps), plan.batch_size
+        index = torch.zeros(n_members, n_steps * batch, dtype=torch.long)
+        for j, order in enumerate(orders):
+            index[j, : len(order)] = order + j * length
+        index = index.view(n_members, n_steps, batch).transpose(0, 1).reshape(-1)
+        index = index.to(self.flat.device)
+        shape = (n_steps, n_members, batch)
+        self._gathered = gather_rows(
+            self.train.x.view(n_members * length, -1), index, self._gathered
+        )
+        x = self._gathered.view(*shape, -1)
+        y = self.train.y.view(-1).index_select(0, index).view(shape)
+        if self.train.skip is None:
+            return x, y, None
+        return x, y, self.train.skip.view(-1).index_select(0, index).view(shape)
+
+    # --- forward and backward ---
+
+    def _noise(self, batch_rows: list[int]) -> Callable[[int, torch.Tensor], torch.Tensor | None]:
+        keep = 1 - self.cfg.dropout
+
+        def draw(layer: int, like: torch.Tensor) -> torch.Tensor | None:
+            if self.cfg.dropout == 0:
+                return None
+            noise = torch.zeros_like(like)  # padding rows: 0 (their gradients weigh 0 anyway)
+            for j, rows in enumerate(batch_rows):
+                if rows:
+                    noise[j, :rows].bernoulli_(keep, generator=self.masks[j])
+            return noise.div_(keep)
+
+        return draw
+
+    def step_gradients(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        skip: torch.Tensor | None,
+        weight: torch.Tensor,
+        batch_rows: list[int],
+    ) -> torch.Tensor:
+        """One step: each member's weighted batch MSE [S]; the gradients of (MSE + penalty)
+        go into ``grad`` [S, P]. The kernels autograd's backward runs for this forward, in its
+        order, without a graph; the penalties' are 2 * l2 * W and l1 * sign(W)."""
+        saved: list[Any] = []
+        layers = self.forward_layers
+        out = stack_forward(layers, x, self.activation, self._noise(batch_rows), saved)
+        if skip is not None:
+            out = out + skip.unsqueeze(2)
+        diff = out - y.unsqueeze(2)
+        w = weight.unsqueeze(2)
+        loss = (diff.square() * w).sum((1, 2))
+        grad = w * (diff * 2)  # mul's, square's and sub's backward: [S, rows, 1]
+        for i in range(len(layers) - 1, -1, -1):
+            inputs = saved[-1] if i == len(layers) - 1 else saved[i][0]
+            if i < len(layers) - 1:
+                _, pre, post, mask = saved[i]
+                grad = torch.bmm(grad, self.layers[i + 1][0])
+                if mask is not None:
+                    grad = grad * mask
+                grad = self.activation_backward(self.activation, grad, pre, post)
+            grad_weight, grad_bias = self.grad_layers[i]
+            torch.bmm(grad.transpose(1, 2), inputs, out=grad_weight)
+            torch.sum(grad, 1, keepdim=True, out=grad_bias)
+        if self.l2_grad is not None:
+            self.grad.addcmul_(self.flat, self.l2_grad)
+        if self.l1_grad is not None:
+            self.grad.addcmul_(self.flat.sign(), self.l1_grad)
+        return loss
+
+    @torch.no_grad()
+    def valid_mse(self) -> torch.Tensor:
+        """Each member's plain validation MSE [S], no dropout."""
+        out = stack_forward(self.forward_layers, self.valid.x, self.activation).squeeze(2)
+        if self.valid.skip is not None:
+            out = out + self.valid.skip
+        return ((out - self.valid.y).square() * self.valid_weight).sum(1)
+
+
+# --- the epochs ---------------------------------------------------------------------------------
+
+OnEpoch = Callable[[int, EpochRecord, EarlyStopping], None]
+
+
+class Engine:
+    """Trains ``members`` together to their ends: early stopping, divergence or ``cfg.epochs``.
+
+    ``fit`` fires ``on_epoch(member, record, stopper)`` for each member after each of its
+    epochs, ``on_checkpoint(engine)`` every ``cfg.checkpoint_every`` epochs and
+    ``after_epoch(epoch)`` after every epoch (it may raise, to stop the training);
+    ``state_dict``/``load_state_dict`` capture everything (random states included), so a
+    resumed run continues bit-identically.
+    """
+
+    def __init__(self, cfg: Config, members: list[Member]) -> None:
+        self.cfg = cfg
+        self.members = members
+        self.device = resolve_device(cfg.device)
+        self.epoch = 0  # the last finished epoch
+        self.stack = _Stack(cfg, members, self.running(), self.device)
+        _, groups = parameter_groups(cfg, len(self.stack.layers))
+        self.optimizer = StackOptimizer(cfg, self.stack.params, groups)
+
+    def running(self) -> list[int]:
+        return [k for k, m in enumerate(self.members) if m.running]
+
+    def fit(
+        self,
+        on_epoch: OnEpoch | None = None,
+        on_checkpoint: Callable[[Engine], None] | None = None,
+        after_epoch: Callable[[int], None] | None = None,
+    ) -> list[FittedModel]:
+        with denormals_flushed(self.cfg.flush_denormal):
+            while self.epoch < self.cfg.epochs and self.stack.ids:
+                start = time.perf_counter()
+                self.epoch += 1
+                records = self._epoch(self.epoch)
+                share = (time.perf_counter() - start) / len(records)
+                for k, record in records:
+                    self.members[k].seconds += share
+                    if on_epoch is not None and record is not None:
+                        on_epoch(k, record, self.members[k].stopper)
+                if any(not self.members[k].running for k in self.stack.ids):
+                    self._rebuild()
+                every = self.cfg.checkpoint_every
+                if on_checkpoint is not None and every and self.epoch % every == 0:
+                    on_checkpoint(self)
+                if after_epoch is not None:
+                    after_epoch(self.epoch)
+        return [self._finish(k) for k in range(len(self.members))]
+
+    def _rebuild(self) -> None:
+        """Write the stack's weights back into the members' models and stack the runners."""
+        self._write_back()
+        running = self.running()
+        if running:
+            self.stack = _Stack(self.cfg, self.members, running, self.device)
+        else:
+            self.stack.ids = []
+
+    def _write_back(self) -> None:
+        for j, k in enumerate(self.stack.ids):
+            unflatten_into(self.stack.flat[j], self.members[k].model)
+
+    def _epoch(self, epoch: int) -> list[tuple[int, EpochRecord | None]]:
+        stack = self.stack
+        ids = stack.ids
+        rates = {k: self.members[k].rates.rates() for k in ids}
+        train_sum = self._train_epoch(rates)
+        valid_mse = stack.valid_mse()
+        # the epoch's one host synchronisation
+        train_sums, valid_losses = torch.stack([train_sum, valid_mse]).tolist()
+        records: list[tuple[int, EpochRecord | None]] = []
+        for j, k in enumerate(ids):
+            member = self.members[k]
+            record = EpochRecord(
+                epoch, train_sums[j] / stack.train.n_rows[j], valid_losses[j], rates[k][0]
+            )
+            if not (math.isfinite(record.train_loss) and math.isfinite(record.valid_loss)):
+                self._diverged(member, record)
+                records.append((k, None))
+                continue
+            member.history.append(record)
+            if member.stopper.step(record.valid_loss, epoch):
+                member.best = stack.flat[j].clone()
+            member.rates.step(record.valid_loss)
+            if member.stopper.should_stop:
+                member.running = False
+                member.stop_reason = "early_stopping"
+            records.append((k, record))
+        return records
+
+    def _train_epoch(self, rates: dict[int, list[float]]) -> torch.Tensor:
+        """One epoch of every member of the stack; each one's summed batch MSE x rows [S]."""
+        stack = self.stack
+        plan = stack.plan(self.cfg.batch_size)
+        x, y, skip = stack.epoch_rows(
+            [self.members[k].loader.sampler.epoch_order()[0] for k in stack.ids], plan
+        )
+        total = torch.zeros(len(stack.ids), device=self.device)
+        for s, (rows, width, active) in enumerate(plan.steps):
+            loss = stack.step_gradients(
+                x[s, :, :width],
+                y[s, :, :width],
+                None if skip is None else skip[s, :, :width],
+                plan.weight[s, :, :width],
+                rows,
+            )
+            self.optimizer.step(active.ids, active.params, active.grads, rates)
+            total.addcmul_(loss, plan.row_counts[s])
+        return total
+
+    def _diverged(self, member: Member, record: EpochRecord) -> None:
+        """Stop the member; with no finite epoch at all, there is nothing to keep: fail."""
+        member.running = False
+        member.stop_reason = "diverged"
+        best = member.stopper.best_epoch if member.history else None
+        member.message = divergence_message(record, best)
+        if not member.history:
+            raise CovidRegError(member.message)
+
+    def _finish(self, k: int) -> FittedModel:
+        """Member k's best weights in its own model, and its result."""
+        member = self.members[k]
+        if member.fitted is not None:
+            return member.fitted
+        if member.best is None:
+            raise CovidRegError(
+                member.message or "training produced no finite validation loss; try a lower --lr"
+            )
+        unflatten_into(member.best, member.model)
+        member.model.to(self.device)
+        result = FitResult(
+            history=list(member.history),
+            best_epoch=member.stopper.best_epoch,
+            best_valid_mse=member.stopper.best,
+            stop_reason=member.stop_reason,
+            seconds=member.seconds,
+            message=member.message,
+        )
+        member.fitted = FittedModel(member.model, result, member.mean, member.std)
+        return member.fitted
+
+    # --- exact resume ---
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain types and tensors only, so ``torch.load(weights_only=True)`` reads it back."""
+        self._write_back()
+        everyone = list(range(len(self.members)))
+        return {
+            "epoch": self.epoch,
+            "members": [_member_state(m) for m in self.members],
+            "optimizer": self.optimizer.state_dict(everyone),
+            "rng": global_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        for member, saved in zip(self.members, state["members"], strict=True):
+            _load_member_state(member, saved)
+        self.optimizer.load_state_dict(state["optimizer"], list(range(len(self.members))))
+        set_global_rng_state(state["rng"])
+        running = self.running()
+        self.stack = _Stack(self.cfg, self.members, running or [0], self.device)
+        self.stack.ids = running  # none running: a state saved after the last epoch
+
+
+def _member_state(member: Member) -> dict[str, Any]:
+    return {
+        "model": {k: v.detach().clone() for k, v in member.model.state_dict().items()},
+        "best": member.best,
+        "history": history_columns(member.history),
+        "running": member.running,
+        "stop_reason": member.stop_reason,
+        "message": member.message,
+        "seconds": member.seconds,
+        "early_stopping": member.stopper.state_dict(),
+        "rates": member.rates.state_dict(),
+        "batch_order": member.loader.sampler.generator.get_state(),
+        "dropout_masks": member.dropout_masks.get_state(),
+    }
+
+
+def _load_member_state(member: Member, saved: dict[str, Any]) -> None:
+    member.model.load_state_dict(saved["model"])
+    member.best = saved["best"]
+    member.history = history_records(saved["history"])
+    member.running = bool(saved["running"])
+    member.stop_reason = str(saved["stop_reason"])
+    member.message = str(saved["message"])
+    member.seconds = float(saved["seconds"])
+    member.stopper.load_state_dict(saved["early_stopping"])
+    member.rates.load_state_dict(saved["rates"])
+    member.loader.sampler.generator.set_state(saved["batch_order"])
+    member.dropout_masks.set_state(saved["dropout_masks"])
+
+
+def history_columns(history: list[EpochRecord]) -> dict[str, torch.Tensor]:
+    """The history as one tensor per field: a training state is saved every few epochs, and
+    pickling thousands of small dicts each time cost more than the rest of it together."""
+    return {
+        "epoch": torch.tensor([r.epoch for r in history], dtype=torch.int64),
+        "train_loss": torch.tensor([r.train_loss for r in history], dtype=torch.float64),
+        "valid_loss": torch.tensor([r.valid_loss for r in history], dtype=torch.float64),
+        "lr": torch.tensor([r.lr for r in history], dtype=torch.float64),
+    }
+
+
+def history_records(saved: dict[str, torch.Tensor]) -> list[EpochRecord]:
+    """``history_columns`` read back (float64 holds each Python float exactly)."""
+    columns = [saved[k].tolist() for k in ("epoch", "train_loss", "valid_loss", "lr")]
+    return [EpochRecord(*row) for row in zip(*columns, strict=True)]
+
+
+def fit_members(
+    cfg: Config,
+    members: list[Member],
+    on_epoch: OnEpoch | None = None,
+    on_checkpoint: Callable[[Engine], None] | None = None,
+    resume_state: dict[str, Any] | None = None,
+    after_epoch: Callable[[int], None] | None = None,
+) -> list[FittedModel]:
+    """Train ``members`` as one stack and return each one's fitted model, in order."""
+    engine = Engine(cfg, members)
+    if resume_state is not None:
+        try:
+            engine.load_state_dict(resume_state)
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise CovidRegError(
+                f"the saved training state does not fit this model and optimizer ({reason}); "
+                "it was written by another covidreg version or config: start the run again"
+            ) from None
+    return engine.fit(on_epoch, on_checkpoint, after_epoch)
+
+
+def predict(model: MLP, x: torch.Tensor, batch_size: int = 65536) -> np.ndarray:
+    """The model's predictions for raw inputs ``x`` (float64 numpy)."""
+    model.eval()
+    with torch.no_grad():
+        outputs = [model(chunk) for chunk in x.split(batch_size)]
+    return torch.cat(outputs).double().cpu().numpy()
