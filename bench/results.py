@@ -43,7 +43,8 @@ def run_cv(
     cmd = [
         sys.executable, "-m", "covidreg", "cv", "--config", str(ROOT / config),
         "--folds", str(folds), "--split", "blocked", "--seeds", str(seeds), "--quiet",
-        "--train-csv", str(data_dir / "covid.train.csv"), "--out", str(out), *extra,
+        "--train-csv", str(data_dir / "covid.train.csv"),
+        "--test-csv", str(data_dir / "covid.test.csv"), "--out", str(out), *extra,
     ]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)

@@ -167,7 +167,7 @@ class Config:
         "run",
     )
     stack_size: int = _opt(
-        3,
+        5,
         "Most models trained together as one stack (cv folds, --seeds runs, a tune trial's "
         "folds), in groups of consecutive models. A model's bits depend on the stack it trains "
         "in, so this is a setting, never the number of cores.",

@@ -152,7 +152,7 @@ def stack_forward(
 
     ``layers`` holds each linear layer's weight as [S, in, out] (nn.Linear's, transposed) and
     its bias [S, 1, out]; every layer is one batched product. ``noise`` draws dropout masks;
-    ``saved`` collects what ``engine``'s backward needs.
+    ``saved`` collects what the hand-written backward (``covidreg.stack``) needs.
     """
     a = x
     for i, (weight, bias) in enumerate(layers[:-1]):

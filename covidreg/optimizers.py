@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
     from covidreg.config import Config
 
-Options = Callable[["Config", dict[str, Any]], dict[str, Any]]
 # how one state tensor of a parameter starts (None: created by the algorithm's first step)
 StateInit = Callable[["torch.Tensor", dict[str, Any], bool], "torch.Tensor | None"]
 
@@ -59,6 +58,11 @@ def _mu_product(param: torch.Tensor, defaults: dict[str, Any], fused: bool) -> t
     return torch.ones((), dtype=torch.float32)
 
 
+# the config keys an algorithm takes from the config where its functional form has them; its
+# other hyperparameters are torch.optim's defaults
+CONFIG_OPTIONS = ("momentum", "nesterov", "weight_decay")
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """One torch.optim algorithm: ``torch.optim.<name>`` and its functional form
@@ -67,7 +71,6 @@ class Algorithm:
 
     name: str
     state: tuple[tuple[str, StateInit | None], ...]  # the functional form's state lists, in order
-    options: Options  # its keyword arguments but lr, from the config and torch's defaults
     fused: bool  # torch has a fused kernel for it (else its foreach implementation runs)
 
     def defaults(self) -> dict[str, Any]:
@@ -85,82 +88,34 @@ class Algorithm:
         module = importlib.import_module(f"torch.optim.{self.name.lower()}")
         return getattr(module, self.name.lower())
 
-
-def _betas(cfg: Config, d: dict[str, Any]) -> dict[str, Any]:
-    beta1, beta2 = d["betas"]
-    return {"beta1": beta1, "beta2": beta2, "eps": d["eps"], "weight_decay": cfg.weight_decay}
+    def options(self, cfg: Config, defaults: dict[str, Any]) -> dict[str, Any]:
+        """The functional form's keyword-only arguments but lr: ``CONFIG_OPTIONS`` from the
+        config, the others from torch's ``defaults`` (``betas`` as ``beta1``, ``beta2``)."""
+        known = dict(defaults)
+        if "betas" in known:
+            known["beta1"], known["beta2"] = known.pop("betas")
+        known.update({key: getattr(cfg, key) for key in CONFIG_OPTIONS})
+        parameters = inspect.signature(self.function()).parameters.values()
+        wanted = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.name != "lr"]
+        return {key: known[key] for key in wanted}
 
 
 _ADAM_STATE = (("exp_avg", _zeros), ("exp_avg_sq", _zeros), ("max_exp_avg_sq", None))
+_STEP = ("step", _step_count)
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "sgd": Algorithm(
-        "SGD",
-        (("momentum_buffer", _created_by_step),),
-        lambda cfg, d: {
-            "momentum": cfg.momentum,
-            "nesterov": cfg.nesterov,
-            "dampening": d["dampening"],
-            "weight_decay": cfg.weight_decay,
-            "maximize": d["maximize"],
-        },
-        fused=True,
-    ),
-    "adagrad": Algorithm(
-        "Adagrad",
-        (("sum", _accumulator), ("step", _step_count)),
-        lambda cfg, d: {
-            "lr_decay": d["lr_decay"],
-            "eps": d["eps"],
-            "weight_decay": cfg.weight_decay,
-            "maximize": d["maximize"],
-        },
-        fused=True,
-    ),
+    "sgd": Algorithm("SGD", (("momentum_buffer", _created_by_step),), fused=True),
+    "adagrad": Algorithm("Adagrad", (("sum", _accumulator), _STEP), fused=True),
     "rmsprop": Algorithm(
         "RMSprop",
-        (
-            ("square_avg", _zeros),
-            ("grad_avg", _zeros),
-            ("momentum_buffer", _zeros),
-            ("step", _step_count),
-        ),
-        lambda cfg, d: {
-            "alpha": d["alpha"],
-            "eps": d["eps"],
-            "weight_decay": cfg.weight_decay,
-            "momentum": cfg.momentum,
-            "centered": d["centered"],
-            "maximize": d["maximize"],
-        },
+        (("square_avg", _zeros), ("grad_avg", _zeros), ("momentum_buffer", _zeros), _STEP),
         fused=False,
     ),
-    "adam": Algorithm(
-        "Adam",
-        (*_ADAM_STATE, ("step", _step_count)),
-        lambda cfg, d: {**_betas(cfg, d), "amsgrad": d["amsgrad"], "maximize": d["maximize"]},
-        fused=True,
-    ),
-    "adamw": Algorithm(
-        "AdamW",
-        (*_ADAM_STATE, ("step", _step_count)),
-        lambda cfg, d: {**_betas(cfg, d), "amsgrad": d["amsgrad"], "maximize": d["maximize"]},
-        fused=True,
-    ),
+    "adam": Algorithm("Adam", (*_ADAM_STATE, _STEP), fused=True),
+    "adamw": Algorithm("AdamW", (*_ADAM_STATE, _STEP), fused=True),
     "nadam": Algorithm(
         "NAdam",
-        (
-            ("exp_avg", _zeros),
-            ("exp_avg_sq", _zeros),
-            ("mu_product", _mu_product),
-            ("step", _step_count),
-        ),
-        lambda cfg, d: {
-            **_betas(cfg, d),
-            "momentum_decay": d["momentum_decay"],
-            "decoupled_weight_decay": d["decoupled_weight_decay"],
-            "maximize": d["maximize"],
-        },
+        (("exp_avg", _zeros), ("exp_avg_sq", _zeros), ("mu_product", _mu_product), _STEP),
         fused=False,
     ),
 }

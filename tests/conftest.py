@@ -94,8 +94,8 @@ def interrupted_run_dir(files: dict[str, Path], out: Path, stop_at: int = 6) -> 
     """A run stopped (KeyboardInterrupt) in epoch ``stop_at``: it holds only the training state
     saved after epoch 5."""
     from covidreg.config import resolve_config
-    from covidreg.experiment import STATE_FILE, run_train
     from covidreg.engine import EarlyStopping, EpochRecord
+    from covidreg.experiment import STATE_FILE, run_train
 
     cfg = resolve_config(
         None,

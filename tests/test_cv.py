@@ -16,12 +16,12 @@ from covidreg.baselines import RIDGE_ALPHA
 from covidreg.cli import app
 from covidreg.config import resolve_config
 from covidreg.cv import fold_seed, make_folds
+from covidreg.engine import predict
+from covidreg.experiment import load_data
+from covidreg.predict import load_model
 from covidreg.processes import can_fork
 from covidreg.schema import FEATURE_NAMES, PRESETS
 from covidreg.splits import make_kfold, within_state_position
-from covidreg.experiment import load_data
-from covidreg.predict import load_model
-from covidreg.engine import predict
 from tests.conftest import synthetic_rows, write_hw01_csv
 
 runner = CliRunner()

@@ -1,4 +1,5 @@
-"""The MLP: architecture from the config, init schemes' statistics, delta target, buffers."""
+"""The MLP: architecture from the config, init schemes' statistics, delta target, buffers,
+the inference forward."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from covidreg.config import CHOICES, Config
+from covidreg.config import CHOICES, Config, validate
 from covidreg.errors import CovidRegError
 from covidreg.model import (
     ACTIVATION_BACKWARD,
@@ -26,7 +27,6 @@ from covidreg.model import (
     rmse,
     skip_index_for,
 )
-from covidreg.train import penalty
 
 STRONG = [
     *(f"{n}_d{d}" for d in (1, 2, 3) for n in ("cli", "ili", "hh_cmnty_cli", "nohh_cmnty_cli")),
@@ -98,32 +98,84 @@ def test_unknown_activation() -> None:
         MLP(3, [4], activation="swish")
 
 
-@pytest.mark.parametrize(
-    ("dropout", "batch_norm"), [(0.0, False), (0.3, False), (0.0, True), (0.3, True)]
-)
-def test_dropout_and_batch_norm_layers(dropout: float, batch_norm: bool) -> None:
-    model = build_model(config(hidden=[8, 4], dropout=dropout, batch_norm=batch_norm), STRONG)
-    per_layer: list[type[nn.Module]] = [nn.Linear]
-    if batch_norm:
-        per_layer.append(nn.BatchNorm1d)
-    per_layer.append(nn.ReLU)
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_dropout_layers(dropout: float) -> None:
+    model = build_model(config(hidden=[8, 4], dropout=dropout), STRONG)
+    per_layer: list[type[nn.Module]] = [nn.Linear, nn.ReLU]
     if dropout:
         per_layer.append(nn.Dropout)
     assert [type(m) for m in model.body] == per_layer * 2
     assert all(m.p == dropout for m in model.body if isinstance(m, nn.Dropout))
-    assert [m.num_features for m in model.body if isinstance(m, nn.BatchNorm1d)] == (
-        [8, 4] if batch_norm else []
-    )
+    assert model.dropout == dropout
 
 
-def test_dropout_is_active_in_train_mode_only() -> None:
+def test_there_are_no_batch_norm_layers() -> None:
+    model = build_model(config(hidden=[8, 4], batch_norm=False), STRONG)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    with pytest.raises(CovidRegError, match="'batch_norm' is not supported"):
+        validate(config(batch_norm=True))
+
+
+def reference_forward(model: MLP, x: torch.Tensor) -> torch.Tensor:
+    """The same weights in a plain nn.Sequential: Linear, activation, ..., Linear."""
+    layers: list[nn.Module] = []
+    for linear in model.linears():
+        plain_linear = nn.Linear(linear.in_features, linear.out_features)
+        plain_linear.load_state_dict(linear.state_dict())
+        layers += [plain_linear, ACTIVATIONS[model.activation]()]
+    plain = nn.Sequential(*layers[:-1]).eval()
+    with torch.no_grad():
+        out = plain((x - model.input_mean) / model.input_std).squeeze(-1)
+    return out if model.skip_index is None else out + x[:, model.skip_index]
+
+
+@pytest.mark.parametrize(
+    ("hidden", "activation", "dropout", "target"),
+    [
+        ([16], "relu", 0.0, "level"),
+        ([16, 8], "gelu", 0.5, "delta"),
+        ([], "tanh", 0.0, "delta"),
+        ([1], "selu", 0.2, "level"),
+    ],
+)
+def test_forward_is_the_plain_sequential_computation_without_dropout(
+    hidden: list[int], activation: str, dropout: float, target: str
+) -> None:
+    """Training runs in the engine; ``forward`` is inference: no dropout in either mode."""
     torch.manual_seed(0)
-    model = build_model(config(hidden=[64], dropout=0.5), STRONG)
-    x = torch.randn(4, 14)
-    model.train()
-    assert not torch.equal(model(x), model(x))
-    model.eval()
-    assert torch.equal(model(x), model(x))
+    cfg = config(hidden=hidden, activation=activation, dropout=dropout, target=target)
+    model = build_model(cfg, STRONG)
+    rng = np.random.default_rng(1)
+    model.set_normalization(rng.normal(10, 3, 14), rng.uniform(0.5, 4, 14))
+    x = torch.randn(50, 14) * 4 + 10
+    expected = reference_forward(model, x)
+    for training in (True, False):
+        model.train(training)
+        before = torch.get_rng_state()
+        with torch.no_grad():
+            out = model(x)
+        assert torch.equal(torch.get_rng_state(), before)  # no mask drawn
+        assert out.shape == (50,)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(model.train()(x), model.eval()(x))
+
+
+def test_a_model_copies_and_pickles() -> None:
+    torch.manual_seed(2)
+    model = build_model(config(hidden=[16, 8], activation="leaky_relu", dropout=0.15), STRONG)
+    model.set_normalization(np.full(14, 3.0), np.full(14, 2.0))
+    x = torch.randn(9, 14) * 4 + 10
+    with torch.no_grad():
+        expected = model(x)
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert copied.body[0] is not model.body[0]
+        assert copied.skip_index == model.skip_index and copied.activation == model.activation
+        with torch.no_grad():
+            assert torch.equal(copied(x), expected)
+            copied.body[0].weight.add_(1.0)  # the copy holds its own weights
+            assert not torch.equal(copied(x), expected)
+            assert torch.equal(model(x), expected)
 
 
 # --- init schemes --------------------------------------------------------------------------------
@@ -323,119 +375,6 @@ def test_normalization_is_applied_in_forward_and_saved() -> None:
     rebuilt.load_state_dict(state)
     assert torch.equal(rebuilt(x), model(x))
     assert "input_mean" not in dict(model.named_parameters())
-
-
-# --- hand-written gradients ----------------------------------------------------------------------
-
-
-def autograd_loss_and_grads(
-    model: MLP, x: torch.Tensor, y: torch.Tensor, l1: float, l2: float
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """What train_one_epoch's autograd path computes for one batch."""
-    model.zero_grad(set_to_none=True)
-    mse = nn.functional.mse_loss(model(x), y)
-    extra = penalty(model, l1, l2)
-    (mse if extra is None else mse + extra).backward()
-    grads = [p.grad for p in model.parameters()]
-    model.zero_grad(set_to_none=True)
-    return mse.detach(), [g for g in grads if g is not None]
-
-
-def gradient_case(
-    activation: str, dropout: float, target: str, hidden: list[int], rows: int = 40
-) -> tuple[MLP, torch.Tensor, torch.Tensor]:
-    """A model with fitted-looking statistics, some zero weights (sign(0) = 0), and a batch."""
-    torch.manual_seed(11)
-    model = build_model(
-        config(activation=activation, dropout=dropout, target=target, hidden=hidden), STRONG
-    )
-    rng = np.random.default_rng(2)
-    model.set_normalization(rng.normal(10, 3, 14), rng.uniform(0.5, 4, 14))
-    with torch.no_grad():
-        model.body[0].weight[:2, :5] = 0.0
-        model.head.weight[0, :1] = 0.0
-    x = torch.randn(rows, 14) * 4 + 10
-    y = torch.randn(rows) * 3 + 12
-    return model, x, y
-
-
-PENALTIES = {"none": (0.0, 0.0), "l1": (0.03, 0.0), "l2": (0.0, 0.05), "l1+l2": (0.03, 0.05)}
-
-
-@pytest.mark.parametrize("hidden", [[16], [16, 8]], ids=["1-layer", "2-layers"])
-@pytest.mark.parametrize("penalty_name", list(PENALTIES))
-@pytest.mark.parametrize("target", ["level", "delta"])
-# with p = 0.15, 1 / (1 - p) rounds differently in float32 and float64: only nn.Dropout's own
-# CPU ops (mask / (1 - p), then input * mask) give its outputs to the last bit
-@pytest.mark.parametrize("dropout", [0.0, 0.15], ids=["no-dropout", "dropout"])
-@pytest.mark.parametrize("activation", list(ACTIVATIONS))
-def test_hand_written_gradients_equal_autograds(
-    activation: str, dropout: float, target: str, penalty_name: str, hidden: list[int]
-) -> None:
-    model, x, y = gradient_case(activation, dropout, target, hidden)
-    assert model.supports_manual_grads
-    l1, l2 = PENALTIES[penalty_name]
-    model.train()
-    torch.manual_seed(5)
-    expected_mse, expected = autograd_loss_and_grads(model, x, y, l1, l2)
-    rng_after_autograd = torch.get_rng_state()
-    torch.manual_seed(5)
-    mse, grads = model.loss_and_grads(x, y, l1, l2)
-    # dropout draws the same masks from the global RNG, and leaves it in the same state
-    assert torch.equal(torch.get_rng_state(), rng_after_autograd)
-    assert torch.equal(mse, expected_mse)  # the plain MSE, without the penalty
-    assert [g.shape for g in grads] == [p.shape for p in model.parameters()]
-    for name, got, want in zip(dict(model.named_parameters()), grads, expected, strict=True):
-        assert torch.equal(got, want), name
-    assert all(p.grad is None for p in model.parameters())  # nothing recorded or accumulated
-    assert not mse.requires_grad and not any(g.requires_grad for g in grads)
-
-
-@pytest.mark.parametrize(("rows", "hidden"), [(1, [16]), (7, [1]), (1, [3, 1])])
-def test_hand_written_gradients_for_degenerate_shapes(rows: int, hidden: list[int]) -> None:
-    model, x, y = gradient_case("relu", 0.0, "delta", hidden, rows=rows)
-    expected_mse, expected = autograd_loss_and_grads(model, x, y, 0.0, 0.0)
-    mse, grads = model.loss_and_grads(x, y)
-    assert torch.equal(mse, expected_mse)
-    for got, want in zip(grads, expected, strict=True):
-        assert torch.equal(got, want)
-
-
-def test_hand_written_gradients_in_eval_mode_skip_dropout() -> None:
-    model, x, y = gradient_case("tanh", 0.5, "level", [16, 8])
-    model.eval()
-    before = torch.get_rng_state()
-    mse, grads = model.loss_and_grads(x, y)
-    assert torch.equal(torch.get_rng_state(), before)  # no mask drawn
-    expected_mse, expected = autograd_loss_and_grads(model, x, y, 0.0, 0.0)
-    assert torch.equal(mse, expected_mse)
-    for got, want in zip(grads, expected, strict=True):
-        assert torch.equal(got, want)
-    model.train()
-    assert not torch.equal(model.loss_and_grads(x, y)[0], mse)  # and dropout does act in training
-
-
-def test_a_model_that_took_hand_written_steps_still_copies_and_pickles() -> None:
-    model, x, y = gradient_case("leaky_relu", 0.15, "delta", [16, 8])
-    model.loss_and_grads(x, y)
-    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert copied.body[0] is not model.body[0]
-        torch.manual_seed(0)
-        mse, grads = copied.loss_and_grads(x, y)
-        torch.manual_seed(0)
-        expected_mse, expected = model.loss_and_grads(x, y)
-        assert torch.equal(mse, expected_mse)
-        assert all(torch.equal(g, e) for g, e in zip(grads, expected, strict=True))
-        with torch.no_grad():
-            copied.body[0].weight.add_(1.0)  # the copy's step reads the copy's own weights
-        assert not torch.equal(copied.loss_and_grads(x, y)[1][0], model.loss_and_grads(x, y)[1][0])
-
-
-def test_batch_norm_has_no_hand_written_gradients() -> None:
-    model = build_model(config(batch_norm=True, hidden=[8]), STRONG)
-    assert not model.supports_manual_grads
-    with pytest.raises(CovidRegError, match="batch_norm"):
-        model.loss_and_grads(torch.randn(4, 14), torch.randn(4))
 
 
 def test_rmse() -> None:

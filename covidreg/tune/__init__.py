@@ -15,14 +15,15 @@ Design, in the order a trial lives it:
   ``[fixed]`` table of config keys applied to every trial. Precedence: defaults -> ``--config``
   -> ``[fixed]`` -> CLI flags -> the sampled values.
 * **Objective.** The mean of the per-fold best validation RMSE over ``n_folds`` folds of the
-  config's split (blocked by default), with ``covidreg cv``'s folds and fold seeds, so the best
-  value is what ``covidreg cv --config best.toml`` reports (to float rounding: cv may train the
-  folds together). ``n_folds = 1`` is ``covidreg train``'s holdout split and seed.
-* **Pruning steps.** The folds are laid end to end: epoch ``e`` of fold ``k`` is step
-  ``(k - 1) * E + e``, ``E`` being the most epochs the search space allows, so a step means the
-  same fold and epoch in every trial. The reported value is the running cv RMSE (finished folds'
-  RMSE and the current fold's best so far, averaged), so the last value equals the objective.
-  Reports are thinned to about 100 per fold: each one is a write to the shared storage.
+  config's split (blocked by default), with ``covidreg cv``'s folds, fold seeds and stacks, so
+  the best value is what ``covidreg cv --config best.toml`` reports, bit for bit.
+  ``n_folds = 1`` is ``covidreg train``'s holdout split and seed.
+* **Pruning steps.** The stacks of folds are laid end to end: epoch ``e`` of stack ``g`` is step
+  ``(g - 1) * E + e``, ``E`` being the most epochs the search space allows, so a step means the
+  same folds and epoch in every trial. The reported value is the running cv RMSE (finished
+  folds' RMSE and the best so far of the stack's folds, averaged), so the last value equals the
+  objective. Reports are thinned to about 100 per stride: each one is a write to the shared
+  storage.
 * **Trial count.** ``n_trials`` is a target for the whole study, not "this many more": a worker
   claims a trial only while the study holds fewer counted trials (complete, pruned, failed on its
   own config, or running in a live worker). Claims are serialised by a lock on the journal file,
