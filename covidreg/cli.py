@@ -12,9 +12,9 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -517,6 +517,16 @@ def fetch(
         out_console.print(file.summary(), markup=False, style=None if file.verified else "yellow")
 
 
+def _leave(code: int) -> NoReturn:
+    """End the process once its output is flushed, without the interpreter's teardown: every file
+    is written and closed and every child process joined by then, and tearing down torch,
+    pandas and matplotlib took about half a second of a ``covidreg train``."""
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 def main() -> None:
     """Entry point: usage errors (an unknown option, a bad number) are one line, exit code 1."""
     try:
@@ -528,14 +538,14 @@ def main() -> None:
         code = app(standalone_mode=False)
     except UsageError as exc:
         if not exc.format_message():  # no arguments: the help was shown
-            sys.exit(0)
+            _leave(0)
         command = exc.ctx.command_path if exc.ctx else "covidreg"
         print(f"error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
-        sys.exit(1)
+        _leave(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _leave(130)
     except BrokenPipeError:  # output piped into a command that stopped reading (| head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    sys.exit(code if isinstance(code, int) else 0)
+        _leave(0)
+    _leave(code if isinstance(code, int) else 0)

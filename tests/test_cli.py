@@ -280,3 +280,29 @@ def test_missing_default_data_points_at_fetch(
     assert "data/covid.train.csv does not exist" in result.stderr
     assert "'covidreg fetch'" in result.stderr and "--from DIR" in result.stderr
     assert list(tmp_path.iterdir()) == [], "nothing may be written"
+
+
+@pytest.mark.slow
+def test_the_process_ends_with_its_output_flushed_and_its_exit_code(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """``main`` leaves through ``os._exit`` (no interpreter teardown): what a run printed to a
+    pipe, the files it wrote and its exit code must all be there."""
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "covidreg", *train_args(hw01_files, out, "-q")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("valid_rmse=") and done.stdout.endswith(f"run_dir={out}\n")
+    assert {p.name for p in out.iterdir()} >= RUN_FILES
+    failed = subprocess.run(
+        [sys.executable, "-m", "covidreg", "train", "--epochs", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed.returncode == 1
+    assert failed.stderr == "error: config key 'epochs' must be a positive integer, got 0\n"

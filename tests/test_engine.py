@@ -99,6 +99,8 @@ def assert_bit_identical(expected: list[FittedModel], got: list[FittedModel]) ->
             ref.result.best_valid_mse,
             ref.result.stop_reason,
         ), f"member {k}"
+        np.testing.assert_array_equal(out.mean, ref.mean)
+        np.testing.assert_array_equal(out.std, ref.std)
         assert_same_state(copy_state(ref.model), copy_state(out.model))
 
 

@@ -23,6 +23,7 @@ from covidreg.engine import FittedModel, Member, fit_members, stack_groups
 from covidreg.errors import CovidRegError
 from covidreg.experiment import LoadedData, load_data
 from covidreg.processes import StackProcesses, available_cpus, can_fork, process_count
+from tests.test_engine import assert_bit_identical
 
 CPU = torch.device("cpu")
 N_FOLDS = 5
@@ -64,24 +65,6 @@ def stacks_of(cfg: Config) -> list[list[Member]]:
     data, folds = setup(cfg)
     members = fold_members(cfg, data, folds)
     return [[members[k] for k in group] for group in stack_groups(cfg, len(members))]
-
-
-def assert_bit_identical(expected: list[FittedModel], got: list[FittedModel]) -> None:
-    """The same folds bit for bit: histories, best epochs, stop reasons, statistics, weights."""
-    assert len(got) == len(expected) == N_FOLDS
-    for k, (ref, out) in enumerate(zip(expected, got, strict=True), start=1):
-        assert out.result.history == ref.result.history, f"fold {k}"
-        assert (out.result.best_epoch, out.result.best_valid_mse, out.result.stop_reason) == (
-            ref.result.best_epoch,
-            ref.result.best_valid_mse,
-            ref.result.stop_reason,
-        ), f"fold {k}"
-        np.testing.assert_array_equal(out.mean, ref.mean)
-        np.testing.assert_array_equal(out.std, ref.std)
-        ref_state, out_state = ref.model.state_dict(), out.model.state_dict()
-        assert list(out_state) == list(ref_state)
-        for name, value in ref_state.items():
-            assert torch.equal(out_state[name], value), f"fold {k}: {name}"
 
 
 # --- how many processes --------------------------------------------------------------------------
@@ -151,6 +134,7 @@ def test_any_number_of_processes_gives_the_same_bits(
         run_cfg = dataclasses.replace(cfg, fold_processes=n_processes)
         got = cross_validate(run_cfg, data, folds)
         assert children[-1] == min(n_processes, n_stacks) - 1  # the forked ones
+        assert len(got) == len(expected) == N_FOLDS
         assert_bit_identical(expected, got)
 
 
