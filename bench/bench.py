@@ -52,13 +52,13 @@ QUICK_TUNE_TRIALS = 3
 # Runs `covidreg --help` the way `python -m covidreg --help` does, then reports which heavy
 # libraries the import of covidreg.cli and the whole --help path loaded.
 _IMPORT_PROBE = f"""
-import contextlib, io, json, runpy, sys
+import contextlib, io, json, sys
 heavy = {HEAVY!r}
 import covidreg, covidreg.cli
 after_import = [m for m in heavy if m in sys.modules]
-sys.argv = ["covidreg", "--help"]
+# the command's own dispatch (its entry point may end the process without returning)
 with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
-    runpy.run_module("covidreg", run_name="__main__")
+    covidreg.cli.app(["--help"], prog_name="covidreg")
 after_help = [m for m in heavy if m in sys.modules]
 print(json.dumps({{"after_import": after_import, "after_help": after_help}}))
 """
