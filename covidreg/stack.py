@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,8 +25,14 @@ from covidreg.loaders import gather_rows
 from covidreg.model import ACTIVATION_BACKWARD, ACTIVATIONS, MLP, stack_forward
 from covidreg.schema import Arrays
 
-if TYPE_CHECKING:
-    from covidreg.engine import Member
+
+class Rows(Protocol):
+    """What a stack takes of each member: its model, its rows and its dropout masks."""
+
+    model: MLP
+    train: Arrays
+    valid: Arrays
+    dropout_masks: torch.Generator
 
 
 def parameter_groups(cfg: Config, n_linears: int) -> tuple[list[float], list[int]]:
@@ -147,7 +153,7 @@ class Stack:
     torch.optim's algorithms are elementwise, so that is the update of its separate tensors.
     """
 
-    def __init__(self, cfg: Config, members: list[Member], ids: list[int], device: torch.device):
+    def __init__(self, cfg: Config, members: list[Rows], ids: list[int], device: torch.device):
         self.cfg = cfg
         self.ids = ids  # the member (index into the engine's members) of each row
         models = [members[k].model for k in ids]
