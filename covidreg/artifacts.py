@@ -302,11 +302,14 @@ def plot_predictions(
 PLOTS = {"learning_curve": plot_learning_curve, "predictions": plot_predictions}
 
 
-def _draw_plots(jobs: Any) -> None:
+def _draw_plots(jobs: Any, parents_end: Any) -> None:
     """A plot process's work: load matplotlib at once, then draw each job it is sent (None
-    ends), and answer with how many it drew."""
+    ends), and answer with how many it drew. It ends when its parent does, however the parent
+    ends: with the parent's end of the pipe closed here, a parent that dies leaves the pipe
+    with no writer, and ``recv`` raises EOFError."""
     drawn = 0
     try:
+        parents_end.close()
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
         from matplotlib.figure import Figure  # noqa: F401
@@ -337,7 +340,9 @@ class Plots:
 
             context = multiprocessing.get_context("fork")
             self.jobs, theirs = context.Pipe()
-            self.process = context.Process(target=_draw_plots, args=(theirs,), daemon=True)
+            self.process = context.Process(
+                target=_draw_plots, args=(theirs, self.jobs), daemon=True
+            )
             self.process.start()
             theirs.close()
 

@@ -7,6 +7,7 @@ came from; and every bad input is one line, exit code 1, with nothing written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -56,6 +57,22 @@ def wait_for_state(state: Path, proc: subprocess.Popen[bytes], min_epoch: int) -
     raise AssertionError("no training state appeared within 60 s")
 
 
+def assert_no_process_left(marker: str, seconds: float = 10.0) -> None:
+    """No process whose command line names ``marker`` outlives the killed run (its plot
+    process ends when it does)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                if marker in cmdline.read_bytes().decode(errors="replace"):
+                    left.append(cmdline.parent.name)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert left == [], f"processes left behind: {left}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",
@@ -84,6 +101,7 @@ def test_sigkilled_run_resumes_bit_identically(
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "model.pt").exists(), "the kill must land mid-run"
+    assert_no_process_left(str(killed))
     state = artifacts.load_checkpoint(killed / STATE_FILE)
     assert saved <= state["epoch"] < RESUME_EPOCHS and state["epoch"] % 5 == 0
 

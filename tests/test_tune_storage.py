@@ -23,7 +23,7 @@ def test_dead_workers_trial_is_queued_again(hw01_files: dict[str, Path], tmp_pat
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     orphan.set_user_attr("worker", {"host": storage._HOST, "pid": dead.pid})
-    fresh = storage.claim(study, target=2, journal=journal)
+    fresh = storage.claim(study, target=2, storage=journal)
     assert fresh is not None
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states[0] == optuna.trial.TrialState.FAIL  # the orphan: it does not count

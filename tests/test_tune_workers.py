@@ -77,7 +77,9 @@ def test_median_pruner_stops_hopeless_trials(hw01_files: dict[str, Path], tmp_pa
 
 def test_two_workers_share_one_journal_study(hw01_files: dict[str, Path], tmp_path: Path) -> None:
     space = load_search_space(write_space(tmp_path))
-    cfg = base_config(None, {"train_csv": str(hw01_files["train"]), "epochs": "25"}, space)
+    # trials long enough (about half a second each) that the second worker, a second or two behind
+    # the first (its own start-up), still finds trials to claim
+    cfg = base_config(None, {"train_csv": str(hw01_files["train"]), "epochs": "1000"}, space)
     plan = plan_tune(
         cfg, space, n_trials=8, n_folds=1, workers=2, out=tmp_path / "study", pruner="none"
     )

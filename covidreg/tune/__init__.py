@@ -27,13 +27,17 @@ Design, in the order a trial lives it:
 * **Trial count.** ``n_trials`` is a target for the whole study, not "this many more": a worker
   claims a trial only while the study holds fewer counted trials (complete, pruned, failed on its
   own config, or running in a live worker). Claims are serialised by a lock on the journal file,
-  so ``--workers 4 --trials 200`` ends with exactly 200, and the same command run again after
-  Ctrl-C finishes the remaining ones (numbering continues). A trial stopped by Ctrl-C or by its
-  worker dying is marked failed, does not count, and is queued again with the same parameters.
+  or by an advisory lock of the PostgreSQL server, so ``--workers 4 --trials 200`` ends with
+  exactly 200, and the same command run again after Ctrl-C finishes the remaining ones
+  (numbering continues). A trial stopped by Ctrl-C or by its worker dying is marked failed, does
+  not count, and is queued again with the same parameters. A dead worker is found by its process
+  id on its own machine, and on a database also by its trial's silent heartbeat (any machine),
+  which is why a worker there with nothing left to claim waits for the trials still running.
 * **Storage.** By default an Optuna journal file in the run directory (safe for several processes
-  on one machine); ``--storage URL`` is any SQLAlchemy URL for several machines. By default one
-  worker per available CPU core, at most one per trial left to run, and one on SQLite. Samplers are
-  seeded from the config seed, the worker number and the study's size when the worker starts:
-  a sequential search is reproducible, a parallel one is not (which worker claims which trial
-  depends on timing).
+  on one machine); ``--storage URL`` is an SQLAlchemy URL, PostgreSQL for several machines
+  (Optuna's tables are created under an advisory lock, so machines may start at once). By
+  default one worker per available CPU core, at most one per trial left to run, and one on
+  SQLite. Samplers are seeded from the config seed, the worker number and the study's size when
+  the worker starts: a sequential search is reproducible, a parallel one is not (which worker
+  claims which trial depends on timing).
 """

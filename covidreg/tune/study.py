@@ -24,6 +24,7 @@ from covidreg.tune.storage import (
     counts,
     is_url,
     open_storage,
+    setup_lock,
     storage_label,
     study_run_dir,
 )
@@ -199,13 +200,12 @@ def plan_tune(
             "SQLite is not safe for several workers (locking errors, lost updates); use the "
             "default journal file on one machine or a server database for several"
         )
-    study = optuna.create_study(
-        storage=open_storage(storage),
-        study_name=study_name,
-        direction="minimize",
-        load_if_exists=True,
-    )
-    stride = _check_resumed(study, n_folds, sampler == "grid", space.max_epochs(cfg))
+    backend = open_storage(storage)
+    with setup_lock(storage, study_name):
+        study = optuna.create_study(
+            storage=backend, study_name=study_name, direction="minimize", load_if_exists=True
+        )
+        stride = _check_resumed(study, n_folds, sampler == "grid", space.max_epochs(cfg))
     n_done = study_progress(study, n_trials).done
     if workers is None:
         workers = default_workers(n_trials - n_done, storage)
@@ -216,7 +216,6 @@ def plan_tune(
         space=space,
         study_name=study_name,
         storage=storage,
-        journal=None if is_url(storage) else storage,
         target=n_trials,
         n_folds=n_folds,
         sampler=sampler,

@@ -29,7 +29,13 @@ from covidreg.experiment import LoadedData, load_data, preflight
 from covidreg.schema import resolve_features
 from covidreg.splits import holdout_split
 from covidreg.tune.space import SearchSpace, SpaceMismatch, suggest_config
-from covidreg.tune.storage import abandon, claim, open_storage
+from covidreg.tune.storage import (
+    abandon,
+    claim,
+    heartbeat,
+    open_storage,
+    wait_for_running_trials,
+)
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -154,8 +160,7 @@ class TuneJob:
     cfg: Config
     space: SearchSpace
     study_name: str
-    storage: str
-    journal: str | None  # the journal file whose lock serialises claims
+    storage: str  # a journal file or a database URL; its lock serialises claims
     target: int
     n_folds: int
     sampler: str
@@ -263,10 +268,14 @@ def run_worker(
             trial = None
             try:
                 with interrupts.held():
-                    trial = claim(study, job.target, job.journal)
+                    trial = claim(study, job.target, job.storage)
                 if trial is None:
+                    # outside held(): Ctrl-C stops the wait at once
+                    if wait_for_running_trials(study):
+                        continue
                     return
-                run_trial(study, trial, job, data)
+                with heartbeat(study, trial):
+                    run_trial(study, trial, job, data)
             except BaseException as exc:
                 if trial is not None:
                     with interrupts.held():
