@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from covidreg.cli import app
 from covidreg.tune import storage
-from tests.tune_files import read_trials, write_space
+from tests.tune_files import read_trials, tune_args, write_space
 
 POSTGRES_ENV = "COVIDREG_TEST_POSTGRES_URL"
 runner = CliRunner()
@@ -63,27 +63,11 @@ def database(server_url: str) -> Iterator[str]:
 def tune_command(
     files: dict[str, Path], space: Path, out: Path, url: str, *extra: str
 ) -> list[str]:
-    return [
-        "tune",
-        "--train-csv",
-        str(files["train"]),
-        "--search",
-        str(space),
-        "--out",
-        str(out),
-        "--folds",
-        "2",
-        "--storage",
-        url,
-        "--study",
-        "hw01",
-        "--workers",
-        "1",
-        "--sampler",
-        "random",
-        "--quiet",
-        *extra,
-    ]
+    """``tune_args`` on the server: two folds, one worker per command, random points."""
+    on_the_server = ("--storage", url, "--study", "hw01", "--workers", "1")
+    return tune_args(
+        files, space, out, *on_the_server, "--sampler", "random", "--quiet", *extra, folds=2
+    )
 
 
 # A worker process that imports everything, says it is ready and waits for the go: processes

@@ -41,7 +41,9 @@ def write_space(tmp_path: Path, text: str = SMALL_SPACE, name: str = "search.tom
     return path
 
 
-def tune_args(files: dict[str, Path], space: Path, out: Path, *extra: str) -> list[str]:
+def tune_args(
+    files: dict[str, Path], space: Path, out: Path, *extra: str, folds: int = 1
+) -> list[str]:
     return [
         "tune",
         "--train-csv",
@@ -51,7 +53,7 @@ def tune_args(files: dict[str, Path], space: Path, out: Path, *extra: str) -> li
         "--out",
         str(out),
         "--folds",
-        "1",
+        str(folds),
         *extra,
     ]
 
