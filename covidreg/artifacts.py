@@ -262,23 +262,50 @@ def plot_learning_curve(
     path: str | Path,
     curves: Sequence[tuple[str, Sequence[int], Sequence[float], Sequence[float]]],
     best_epochs: Sequence[int] = (),
+    title: str = "Learning curve",
 ) -> None:
-    """Train and valid MSE per epoch (log scale) for one or more runs: (label, epochs, tr, va)."""
+    """Train and valid MSE per epoch (log scale) for one or more runs: (label, epochs, tr, va).
+
+    One colour per run; with one best epoch per run, each run's best valid loss is marked in
+    its colour as well."""
     fig = _figure(7, 4.2)
     ax = fig.add_subplot()
+    marked = len(best_epochs) == len(curves) > 1
     for i, (label, epochs, train, valid) in enumerate(curves):
         color = f"C{i % 10}"
         prefix = f"{label} " if label else ""
         ax.plot(epochs, train, color=color, alpha=0.45, lw=1, label=f"{prefix}train")
         ax.plot(epochs, valid, color=color, lw=1.4, label=f"{prefix}valid")
+        if marked and best_epochs[i] in epochs:
+            at = list(epochs).index(best_epochs[i])
+            ax.plot([epochs[at]], [valid[at]], "o", color=color, ms=5, mec="black", mew=0.6)
     for best in best_epochs:
         ax.axvline(best, color="grey", ls=":", lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE")
-    ax.set_title("Learning curve" + (" (dotted: best epoch)" if best_epochs else ""))
+    ax.set_title(title + (" (dotted: best epoch)" if best_epochs else ""))
     ax.legend(fontsize=7, ncol=2 if len(curves) > 2 else 1)
     ax.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+def plot_spread(
+    path: str | Path, labels: Sequence[str], values: Sequence[Sequence[float]], what: str
+) -> None:
+    """Each variant's validation RMSEs (its folds x seeds) as a box with every value drawn."""
+    fig = _figure(max(5.0, 1.0 + 0.9 * len(labels)), 4.2)
+    ax = fig.add_subplot()
+    positions = list(range(1, len(labels) + 1))
+    ax.boxplot(list(values), positions=positions, widths=0.5, showfliers=False)
+    for i, (pos, points) in enumerate(zip(positions, values, strict=True)):
+        ax.plot([pos] * len(points), points, "o", color=f"C{i % 10}", alpha=0.7, ms=4)
+        ax.plot([pos], [sum(points) / len(points)], "D", color="black", ms=4)
+    ax.set_xticks(positions)
+    ax.set_xticklabels(labels, rotation=30 if len(labels) > 4 else 0, ha="right", fontsize=7)
+    ax.set_ylabel("valid RMSE")
+    ax.set_title(f"Valid RMSE over {what} (diamond: mean)", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
     _save_figure(fig, path)
 
 
@@ -299,7 +326,11 @@ def plot_predictions(
     _save_figure(fig, path)
 
 
-PLOTS = {"learning_curve": plot_learning_curve, "predictions": plot_predictions}
+PLOTS = {
+    "learning_curve": plot_learning_curve,
+    "predictions": plot_predictions,
+    "spread": plot_spread,
+}
 
 
 def _draw_plots(jobs: Any, parents_end: Any) -> None:

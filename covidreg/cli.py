@@ -45,12 +45,14 @@ def _default_text(name: str) -> str:
     return str(value)
 
 
-def _config_parameter(name: str) -> inspect.Parameter:
-    """One ``--flag`` for one Config field, its help and default taken from the field."""
+def _config_parameter(name: str, as_text: bool = False) -> inspect.Parameter:
+    """One ``--flag`` for one Config field, its help and default taken from the field.
+
+    ``as_text``: every key (bools too) takes text, for ``compare``'s lists of values."""
     flag = "--" + name.replace("_", "-")
     help_text = f"{FIELDS[name].metadata['help']} [dim]\\[default: {_default_text(name)}][/dim]"
     panel = _PANELS[FIELDS[name].metadata["group"]]
-    if field_kind(name) is bool and not is_list(name):
+    if field_kind(name) is bool and not is_list(name) and not as_text:
         option = typer.Option(
             f"{flag}/--no-{flag[2:]}", help=help_text, rich_help_panel=panel, show_default=False
         )
@@ -58,7 +60,10 @@ def _config_parameter(name: str) -> inspect.Parameter:
     else:
         # Values arrive as text and are parsed by resolve_config, so a bad value is a one-line
         # error naming the key (exit 1), the same as a bad value in a TOML file.
-        metavar = "LIST" if is_list(name) else _METAVARS[field_kind(name)]
+        if as_text:
+            metavar = "V1;V2" if is_list(name) else "V1,V2"
+        else:
+            metavar = "LIST" if is_list(name) else _METAVARS[field_kind(name)]
         option = typer.Option(
             flag, help=help_text, rich_help_panel=panel, show_default=False, metavar=metavar
         )
@@ -68,11 +73,16 @@ def _config_parameter(name: str) -> inspect.Parameter:
     )
 
 
-def with_config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def with_config_options(
+    func: Callable[..., Any] | None = None, *, as_text: bool = False
+) -> Callable[..., Any]:
     """Give a command one option per config key; they reach it as the ``overrides`` dict.
 
-    train, cv and tune share this one declaration, so their options cannot drift apart.
+    train, cv and tune share this one declaration, so their options cannot drift apart;
+    ``compare`` takes them ``as_text`` (lists of values to compare).
     """
+    if func is None:
+        return functools.partial(with_config_options, as_text=as_text)
     signature = inspect.signature(func, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "overrides"]
 
@@ -81,7 +91,7 @@ def with_config_options(func: Callable[..., Any]) -> Callable[..., Any]:
         overrides = {name: kwargs.pop(name) for name in FIELDS if name in kwargs}
         return func(overrides=overrides, **kwargs)
 
-    params = own + [_config_parameter(name) for name in FIELDS]
+    params = own + [_config_parameter(name, as_text) for name in FIELDS]
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     return wrapper
 
@@ -264,6 +274,58 @@ def cv(
             cfg, seeds, out, "runs", "cv", run_one, lambda c: check_cv_inputs(c, folds, predict)
         )
         progress.seeds_summary(repeated, quiet)
+
+
+@app.command()
+@with_config_options(as_text=True)
+def compare(
+    config: ConfigOpt = None,
+    out: OutOpt = None,
+    folds: Annotated[
+        Optional[int],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            help="Cross-validate each variant on this many folds (of --split) instead of one "
+            "holdout; compare.csv then has the mean valid_rmse and valid_rmse_std.",
+            show_default=False,
+        ),
+    ] = None,
+    seeds: Annotated[
+        int,
+        typer.Option(help="With --folds: each variant's folds with seeds seed, seed+1, ..."),
+    ] = 1,
+    quiet: QuietOpt = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """Train config variants side by side: the grid of the values given to each key.
+
+    Values are comma-separated; a list key's values are separated by ';' (--hidden "16;32,8").
+    Each variant trains on the same split with the same seed as [bold]covidreg train[/bold]
+    with that value (the same bits). Writes compare.csv and curves.png (spread.png with
+    --folds).
+
+    Example: [bold]covidreg compare --lr 1e-4,1e-3,1e-2 --optimizer sgd,adam[/bold]
+    """
+    from covidreg import progress
+
+    with user_errors():
+        from covidreg.compare import make_variants, run_compare
+
+        variants, keys, warnings = make_variants(config, overrides)
+        if not quiet:
+            for warning in warnings:
+                progress.warn(warning)
+        with progress.variant_display(quiet) as display:
+            result = run_compare(
+                variants,
+                keys,
+                out,
+                n_folds=folds,
+                n_seeds=seeds,
+                on_start=display.on_start,
+                on_done=display.on_done,
+            )
+        progress.compare_summary(result, quiet)
 
 
 @app.command("predict")

@@ -389,3 +389,84 @@ def tune_interrupted(exc: Any) -> None:
         "command to resume, or add --show to see the best trials so far.",
         soft_wrap=True,
     )
+
+
+# --- covidreg compare ----------------------------------------------------------------------------
+
+
+class VariantDisplay:
+    """A progress bar over the compared variants, advanced as each one finishes."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def on_start(self, run_dir: Path, n_variants: int) -> None:
+        if self.progress is None:
+            return
+        self.progress.start()
+        err_console.print(f"run directory: [bold]{run_dir}[/bold]")
+        self.task = self.progress.add_task("variants", total=n_variants)
+
+    def on_done(self, index: int) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task)
+
+    def finish(self) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.stop()
+
+
+@contextmanager
+def variant_display(quiet: bool) -> Iterator[VariantDisplay]:
+    progress = None
+    if not quiet:
+        progress = Progress(
+            TextColumn("[bold blue]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=False,
+        )
+    display = VariantDisplay(progress)
+    try:
+        yield display
+    finally:
+        display.finish()
+
+
+def compare_summary(result: Any, quiet: bool) -> None:
+    """One row per variant, the best marked; the result line on stdout."""
+    from covidreg.compare import show_value
+
+    best = result.best
+    if not quiet:
+        folds = result.n_folds
+        seeds = f"{result.n_seeds} seed{'s' if result.n_seeds > 1 else ''}"
+        how = "holdout" if folds is None else f"{folds} folds x {seeds}"
+        table = Table(
+            title=f"covidreg compare: {len(result.results)} variants ({how})", title_justify="left"
+        )
+        for key in result.keys:
+            table.add_column(key, justify="right")
+        names = ["epochs", "best epoch", "valid RMSE", "± std", "train loss", "stop"]
+        for name in names if folds else [n for n in names if n != "± std"]:
+            table.add_column(name, justify="right")
+        for r in result.results:
+            table.add_row(
+                *(show_value(r.variant.values[k]) for k in result.keys),
+                f"{r.epochs_run:g}",
+                f"{r.best_epoch:g}",
+                f"{r.valid_rmse:.5f}",
+                *([f"{r.valid_rmse_std:.5f}"] if folds else []),
+                f"{r.train_loss:.4f}",
+                r.stop_reason,
+                style="bold green" if r is best else None,
+            )
+        err_console.print(table)
+        plot = "curves.png" if folds is None else "spread.png"
+        err_console.print(f"outputs: {result.run_dir} (compare.csv, {plot})")
+    out_console.print(
+        f"best={best.variant.name} valid_rmse={best.valid_rmse:.5f} run_dir={result.run_dir}"
+    )
