@@ -326,6 +326,49 @@ def plot_predictions(
     _save_figure(fig, path)
 
 
+def plot_lr_find(
+    path: str | Path,
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    suggested: float,
+    minimum: float,
+) -> None:
+    """The range test: training loss against the learning rate (log-log), suggestion marked."""
+    import math
+
+    fig = _figure(7, 4.2)
+    ax = fig.add_subplot()
+    finite = [i for i, v in enumerate(losses) if math.isfinite(v) and v > 0]
+    ax.plot(
+        [lrs[i] for i in finite],
+        [losses[i] for i in finite],
+        color="C0",
+        alpha=0.3,
+        lw=1,
+        label="batch loss",
+    )
+    ax.plot(lrs, smoothed, color="C0", lw=1.6, label="smoothed loss")
+    at = lrs.index(suggested)
+    ax.plot(
+        [suggested],
+        [smoothed[at]],
+        "o",
+        color="C3",
+        ms=7,
+        label=f"steepest descent: {suggested:.3g}",
+    )
+    ax.axvline(minimum, color="grey", ls=":", lw=1, label=f"minimum / 10: {minimum:.3g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training MSE")
+    ax.set_title("Learning-rate range test")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
 PLOTS = {
     "learning_curve": plot_learning_curve,
     "predictions": plot_predictions,

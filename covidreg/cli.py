@@ -328,6 +328,38 @@ def compare(
         progress.compare_summary(result, quiet)
 
 
+@app.command("lr-find")
+@with_config_options
+def lr_find(
+    start_lr: Annotated[float, typer.Option(help="The first learning rate tried.")] = 1e-7,
+    end_lr: Annotated[float, typer.Option(help="The last learning rate tried.")] = 10.0,
+    steps: Annotated[
+        int, typer.Option(help="Mini-batches over which the rate grows from start to end.")
+    ] = 100,
+    config: ConfigOpt = None,
+    out: OutOpt = None,
+    quiet: QuietOpt = False,
+    *,
+    overrides: dict[str, Any],
+) -> None:
+    """The learning-rate range test: suggest a rate for this config (Smith 2015, as fastai).
+
+    The rate grows exponentially per mini-batch on the training split; the smoothed loss is
+    recorded until it diverges. Suggests the rate of its steepest descent (and shows its
+    minimum / 10). Writes lr_find.csv and lr_find.png; a later train is unchanged.
+
+    Example: [bold]covidreg lr-find --optimizer sgd --start-lr 1e-6 --end-lr 1[/bold]
+    """
+    from covidreg import progress
+
+    with user_errors():
+        cfg = resolve_config(config, overrides)
+        from covidreg.lr_find import run_lr_find
+
+        result = run_lr_find(cfg, start_lr, end_lr, steps, out)
+        progress.lr_find_summary(result, quiet)
+
+
 @app.command("predict")
 def predict_command(
     model: Annotated[

@@ -470,3 +470,19 @@ def compare_summary(result: Any, quiet: bool) -> None:
     out_console.print(
         f"best={best.variant.name} valid_rmse={best.valid_rmse:.5f} run_dir={result.run_dir}"
     )
+
+
+def lr_find_summary(result: Any, quiet: bool) -> None:
+    """What the range test found; the result line on stdout."""
+    if not quiet:
+        end = "diverged" if result.diverged else "reached --end-lr"
+        err_console.print(
+            f"{len(result.lrs)} steps from {result.lrs[0]:.3g} to {result.lrs[-1]:.3g} ({end}); "
+            f"steepest descent at lr {result.suggested_lr:.3g}, minimum / 10 at "
+            f"{result.min_lr_div10:.3g}"
+        )
+        err_console.print(f"outputs: {result.run_dir} (lr_find.csv, lr_find.png)")
+    out_console.print(
+        f"suggested_lr={result.suggested_lr:.3g} min_lr_div10={result.min_lr_div10:.3g} "
+        f"run_dir={result.run_dir}"
+    )
