@@ -280,7 +280,8 @@ def plot_learning_curve(
             at = list(epochs).index(best_epochs[i])
             ax.plot([epochs[at]], [valid[at]], "o", color=color, ms=5, mec="black", mew=0.6)
     for best in best_epochs:
-        ax.axvline(best, color="grey", ls=":", lw=0.8)
+        if best > 0:  # 0: a run without a finite epoch
+            ax.axvline(best, color="grey", ls=":", lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE")

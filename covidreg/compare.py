@@ -27,7 +27,7 @@ import numpy as np
 
 from covidreg import artifacts
 from covidreg.config import FIELDS, Config, coerce_value, is_list, resolve_config
-from covidreg.engine import EpochRecord, FittedModel, build_member
+from covidreg.engine import DivergedAtOnce, EpochRecord, FitResult, FittedModel, build_member
 from covidreg.errors import CovidRegError
 from covidreg.experiment import LoadedData, fit_model, load_data, preflight
 from covidreg.schema import feature_columns, select
@@ -204,7 +204,13 @@ def train_holdouts(
     def train_stack(i: int) -> list[FittedModel]:
         cfg, p = variants[i].cfg, prepared[i]
         train_idx, valid_idx = p.splits[0][0]
-        return [fit_model(cfg, p.data, train_idx, valid_idx, cfg.seed)]
+        try:
+            return [fit_model(cfg, p.data, train_idx, valid_idx, cfg.seed)]
+        except DivergedAtOnce as exc:
+            # a rate far too large is one of the answers a comparison looks for, not a failure
+            (member,) = members_of(i)
+            result = FitResult([], 0, math.inf, "diverged", 0.0, str(exc))
+            return [FittedModel(member.model, result, member.mean, member.std)]
 
     # the members receive the weights and results of the stacks trained by other processes
     stacks = [members_of(i) for i in range(len(variants))]
@@ -242,7 +248,7 @@ def _holdout_result(variant: Variant, fitted: FittedModel) -> VariantResult:
         best_epoch=result.best_epoch,
         valid_rmse=rmse,
         valid_rmse_std=0.0,
-        train_loss=result.history[-1].train_loss,
+        train_loss=result.history[-1].train_loss if result.history else math.nan,
         stop_reason=result.stop_reason,
         rmses=[rmse],
         histories=[result.history],
@@ -355,7 +361,7 @@ def write_outputs(compare: CompareResult, plots: artifacts.Plots) -> None:
             )
             for r in results
         ]
-        best = [int(r.best_epoch) for r in results]
+        best = [int(r.best_epoch) for r in results]  # 0: diverged in its first epoch
         plots.draw("learning_curve", run_dir / "curves.png", curves, best, "Compared variants")
     else:
         what = (

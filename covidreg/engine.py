@@ -116,6 +116,10 @@ def divergence_message(record: EpochRecord, best_epoch: int | None) -> str:
     )
 
 
+class DivergedAtOnce(CovidRegError):
+    """The loss was not finite in a model's first epoch: there are no weights to keep."""
+
+
 # --- one member of the stack --------------------------------------------------------------------
 
 
@@ -322,7 +326,7 @@ class Engine:
         best = member.stopper.best_epoch if member.history else None
         member.message = divergence_message(record, best)
         if not member.history:
-            raise CovidRegError(member.message)
+            raise DivergedAtOnce(member.message)
 
     def _finish(self, k: int) -> FittedModel:
         """Member k's best weights in its own model, and its result."""

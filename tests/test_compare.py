@@ -231,3 +231,21 @@ def test_processes_change_only_the_time(
     assert result.exit_code == 0, result.stderr
     for name in ("compare.csv", "histories.csv"):
         assert (tmp_path / "one" / name).read_text() == (grid_run / name).read_text()
+
+
+def test_a_variant_diverging_at_once_is_a_row_not_a_failure(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    """`covidreg train` with such a rate is an error; a comparison reports it and goes on."""
+    out = tmp_path / "far"
+    args = compare_args(data, out, "--optimizer", "sgd", "--lr", "1e-3,1e3", "-q")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    fine, diverged = read_csv(out / "compare.csv")
+    assert fine["stop_reason"] == "max_epochs" and result.stdout.startswith("best=lr=0.001 ")
+    assert (diverged["epochs_run"], diverged["valid_rmse"], diverged["stop_reason"]) == (
+        "0",
+        "inf",
+        "diverged",
+    )
+    assert (out / "curves.png").exists()
