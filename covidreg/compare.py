@@ -14,6 +14,7 @@ cv's stacks), once per seed, and its RMSE is the mean and spread over its folds 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -302,9 +303,31 @@ def run_compare(
         raise CovidRegError("--seeds on compare needs --folds (each seed's folds are compared)")
     prepared = prepare(variants, n_folds, n_seeds)
     artifacts.check_output_target(out)
+    created = out is None or not Path(out).exists()
     run_dir = (
         artifacts.ensure_writable_dir(out) if out else artifacts.new_run_dir(runs_dir, "compare")
     )
+    try:
+        return _compare_into(run_dir, variants, keys, prepared, n_folds, n_seeds, on_start, on_done)
+    except BaseException:
+        # a comparison that fails before its first file (a fold diverged in its first epoch,
+        # Ctrl-C) leaves no empty directory behind
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only succeeds while the directory is empty
+        raise
+
+
+def _compare_into(
+    run_dir: Path,
+    variants: list[Variant],
+    keys: list[str],
+    prepared: list[_Prepared],
+    n_folds: int | None,
+    n_seeds: int,
+    on_start: Callable[[Path, int], None] | None,
+    on_done: Callable[[int], None] | None,
+) -> CompareResult:
     if on_start is not None:
         on_start(run_dir, len(variants))
     with artifacts.Plots() as plots:

@@ -249,3 +249,14 @@ def test_a_variant_diverging_at_once_is_a_row_not_a_failure(
         "diverged",
     )
     assert (out / "curves.png").exists()
+
+
+def test_a_fold_diverging_at_once_fails_leaving_nothing(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "far"
+    args = compare_args(data, out, "--optimizer", "sgd", "--lr", "1e-3,1e3", "--folds", "2")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1].startswith("error: training diverged at epoch 1")
+    assert not out.exists()
