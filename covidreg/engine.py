@@ -303,18 +303,12 @@ class Engine:
         """One epoch of every member of the stack; each one's summed batch MSE x rows [S]."""
         stack = self.stack
         plan = stack.plan(self.cfg.batch_size)
-        x, y, skip = stack.epoch_rows(
+        epoch = stack.epoch_rows(
             [self.members[k].loader.sampler.epoch_order()[0] for k in stack.ids], plan
         )
         total = torch.zeros(len(stack.ids), device=self.device)
-        for s, (rows, width, active) in enumerate(plan.steps):
-            loss = stack.step_gradients(
-                x[s, :, :width],
-                y[s, :, :width],
-                None if skip is None else skip[s, :, :width],
-                plan.weight[s, :, :width],
-                rows,
-            )
+        for s, (_, _, active) in enumerate(plan.steps):
+            loss = stack.epoch_step(epoch, plan, s)
             self.optimizer.step(active.ids, active.params, active.grads, rates)
             total.addcmul_(loss, plan.row_counts[s])
         return total

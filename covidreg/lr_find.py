@@ -92,16 +92,10 @@ def range_test(
             while len(lrs) < n_steps:
                 plan = stack.plan(cfg.batch_size)
                 order = member.loader.sampler.epoch_order()[0]
-                x, y, skip = stack.epoch_rows([order], plan)
-                for s, (rows, width, active) in enumerate(plan.steps):
+                epoch = stack.epoch_rows([order], plan)
+                for s, (_, _, active) in enumerate(plan.steps):
                     lr = start_lr * growth ** len(lrs)
-                    loss = stack.step_gradients(
-                        x[s, :, :width],
-                        y[s, :, :width],
-                        None if skip is None else skip[s, :, :width],
-                        plan.weight[s, :, :width],
-                        rows,
-                    ).item()
+                    loss = stack.epoch_step(epoch, plan, s).item()
                     lrs.append(lr)
                     losses.append(loss)
                     if not math.isfinite(loss) or _diverged(losses, diverge):

@@ -223,6 +223,23 @@ class Stack:
             return x, y, None
         return x, y, self.train.skip.view(-1).index_select(0, index).view(shape)
 
+    def epoch_step(
+        self,
+        epoch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+        plan: EpochPlan,
+        s: int,
+    ) -> torch.Tensor:
+        """``step_gradients`` on step ``s`` of an epoch that ``epoch_rows`` gathered."""
+        x, y, skip = epoch
+        rows, width, _ = plan.steps[s]
+        return self.step_gradients(
+            x[s, :, :width],
+            y[s, :, :width],
+            None if skip is None else skip[s, :, :width],
+            plan.weight[s, :, :width],
+            rows,
+        )
+
     # --- forward and backward ---
 
     def _noise(self, batch_rows: list[int]) -> Callable[[int, torch.Tensor], torch.Tensor | None]:
