@@ -129,6 +129,23 @@ def new_run_dir(base: str | Path, name: str) -> Path:
     raise CovidRegError(f"could not create a new run directory under {base}")  # pragma: no cover
 
 
+@contextlib.contextmanager
+def run_dir_for(out: str | Path | None, runs_dir: str | Path, name: str) -> Iterator[Path]:
+    """``out`` (checked and created) or a new ``runs_dir/<time>-name``; a run that fails before
+    its first file (it diverged at once, it was interrupted) leaves no empty directory behind,
+    and one holding files (a training state for --resume) is kept."""
+    check_output_target(out)
+    created = out is None or not Path(out).exists()
+    run_dir = ensure_writable_dir(out) if out else new_run_dir(runs_dir, name)
+    try:
+        yield run_dir
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only succeeds while the directory is empty
+        raise
+
+
 # --- provenance ----------------------------------------------------------------------------------
 
 

@@ -14,7 +14,6 @@ cv's stacks), once per seed, and its RMSE is the mean and spread over its folds 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
@@ -302,20 +301,8 @@ def run_compare(
     if n_seeds > 1 and n_folds is None:
         raise CovidRegError("--seeds on compare needs --folds (each seed's folds are compared)")
     prepared = prepare(variants, n_folds, n_seeds)
-    artifacts.check_output_target(out)
-    created = out is None or not Path(out).exists()
-    run_dir = (
-        artifacts.ensure_writable_dir(out) if out else artifacts.new_run_dir(runs_dir, "compare")
-    )
-    try:
+    with artifacts.run_dir_for(out, runs_dir, "compare") as run_dir:
         return _compare_into(run_dir, variants, keys, prepared, n_folds, n_seeds, on_start, on_done)
-    except BaseException:
-        # a comparison that fails before its first file (a fold diverged in its first epoch,
-        # Ctrl-C) leaves no empty directory behind
-        if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # only succeeds while the directory is empty
-        raise
 
 
 def _compare_into(

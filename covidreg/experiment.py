@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,20 +212,8 @@ def run_train(
     train_idx, valid_idx = holdout_split(
         data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
-    artifacts.check_output_target(out)
-    created = out is None or not Path(out).exists()
-    run_dir = (
-        artifacts.ensure_writable_dir(out) if out else artifacts.new_run_dir(runs_dir, run_name)
-    )
-    try:
+    with artifacts.run_dir_for(out, runs_dir, run_name) as run_dir:
         return _train_into(cfg, data, train_idx, valid_idx, run_dir, on_epoch, on_start, None)
-    except BaseException:
-        # A run that fails before its first file (diverged in epoch 1, interrupted early) leaves
-        # no empty directory behind; one holding a training state is kept for --resume.
-        if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # only succeeds while the directory is empty
-        raise
 
 
 def _train_into(

@@ -91,17 +91,24 @@ def epoch_display(quiet: bool, total: int | None = None) -> Iterator[EpochDispla
         display.finish()
 
 
-def _epoch_progress() -> Progress:
+def _bar(*fields: str, **options: Any) -> Progress:
+    """A progress bar: the task's name, the bar, done/total, ``fields`` (text templates over
+    the task's fields) and the time elapsed, on stderr."""
     return Progress(
         TextColumn("[bold blue]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn(
-            "train {task.fields[train]}  valid {task.fields[valid]}  best {task.fields[best]}"
-        ),
+        *(TextColumn(text) for text in fields),
         TimeElapsedColumn(),
         console=err_console,
         transient=False,
+        **options,
+    )
+
+
+def _epoch_progress() -> Progress:
+    return _bar(
+        "train {task.fields[train]}  valid {task.fields[valid]}  best {task.fields[best]}",
         refresh_per_second=8,
     )
 
@@ -306,17 +313,8 @@ class TrialDisplay:
 def trial_display(quiet: bool) -> Iterator[TrialDisplay]:
     progress = None
     if not quiet:
-        progress = Progress(
-            TextColumn("[bold blue]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "best {task.fields[best]}  pruned {task.fields[pruned]}  "
-                "failed {task.fields[failed]}"
-            ),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=False,
+        progress = _bar(
+            "best {task.fields[best]}  pruned {task.fields[pruned]}  failed {task.fields[failed]}"
         )
     display = TrialDisplay(progress)
     try:
@@ -421,14 +419,7 @@ class VariantDisplay:
 def variant_display(quiet: bool) -> Iterator[VariantDisplay]:
     progress = None
     if not quiet:
-        progress = Progress(
-            TextColumn("[bold blue]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=False,
-        )
+        progress = _bar()
     display = VariantDisplay(progress)
     try:
         yield display
