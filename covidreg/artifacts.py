@@ -349,8 +349,7 @@ def plot_lr_find(
     lrs: Sequence[float],
     losses: Sequence[float],
     smoothed: Sequence[float],
-    suggested: float,
-    minimum: float,
+    suggestion: Any,
 ) -> None:
     """The range test: training loss against the learning rate (log-log), suggestion marked."""
     import math
@@ -367,16 +366,19 @@ def plot_lr_find(
         label="batch loss",
     )
     ax.plot(lrs, smoothed, color="C0", lw=1.6, label="smoothed loss")
-    at = lrs.index(suggested)
-    ax.plot(
-        [suggested],
-        [smoothed[at]],
-        "o",
-        color="C3",
-        ms=7,
-        label=f"steepest descent: {suggested:.3g}",
+    for lr, label, marker in (
+        (suggestion.steepest, "steepest descent", "o"),
+        (suggestion.valley, "valley (lr = auto)", "s"),
+    ):
+        at = lrs.index(lr)
+        ax.plot([lr], [smoothed[at]], marker, color="C3", ms=7, label=f"{label}: {lr:.3g}")
+    ax.axvline(
+        suggestion.min_div10,
+        color="grey",
+        ls=":",
+        lw=1,
+        label=f"minimum / 10: {suggestion.min_div10:.3g}",
     )
-    ax.axvline(minimum, color="grey", ls=":", lw=1, label=f"minimum / 10: {minimum:.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("learning rate")

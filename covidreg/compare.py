@@ -67,6 +67,7 @@ class VariantResult:
     stop_reason: str
     rmses: list[float]  # one per model: the holdout's one, or each fold x seed
     histories: list[list[EpochRecord]] = field(repr=False, default_factory=list)
+    found_lrs: list[float] = field(default_factory=list)  # lr = auto: each model's found rate
 
 
 @dataclass
@@ -210,7 +211,7 @@ def train_holdouts(
             # a rate far too large is one of the answers a comparison looks for, not a failure
             (member,) = members_of(i)
             result = FitResult([], 0, math.inf, "diverged", 0.0, str(exc))
-            return [FittedModel(member.model, result, member.mean, member.std)]
+            return [FittedModel(member.model, result, member.mean, member.std, member.lr_finder)]
 
     # the members receive the weights and results of the stacks trained by other processes
     stacks = [members_of(i) for i in range(len(variants))]
@@ -252,7 +253,12 @@ def _holdout_result(variant: Variant, fitted: FittedModel) -> VariantResult:
         stop_reason=result.stop_reason,
         rmses=[rmse],
         histories=[result.history],
+        found_lrs=found_lrs([fitted]),
     )
+
+
+def found_lrs(fitted: list[FittedModel]) -> list[float]:
+    return [f.lr_finder["lr"] for f in fitted if f.lr_finder is not None]
 
 
 def cross_validate_variant(variant: Variant, prepared: _Prepared, n_seeds: int) -> VariantResult:
@@ -280,6 +286,7 @@ def cross_validate_variant(variant: Variant, prepared: _Prepared, n_seeds: int) 
         else results[0].stop_reason,
         rmses=rmses,
         histories=[r.history for r in results],
+        found_lrs=found_lrs(fitted),
     )
 
 
@@ -340,6 +347,7 @@ def write_outputs(compare: CompareResult, plots: artifacts.Plots) -> None:
     run_dir, results = compare.run_dir, compare.results
     columns = [c for c in RESULT_COLUMNS if compare.n_folds or c != "valid_rmse_std"]
     rows = []
+    auto = any(r.found_lrs for r in results)
     for r in results:
         measured = {
             "epochs_run": r.epochs_run,
@@ -350,8 +358,11 @@ def write_outputs(compare: CompareResult, plots: artifacts.Plots) -> None:
             "stop_reason": r.stop_reason,
         }
         values = [show_value(r.variant.values[k]) for k in compare.keys]
-        rows.append(values + [measured[c] for c in columns])
-    artifacts.write_csv(run_dir / "compare.csv", [*compare.keys, *columns], rows)
+        found = [";".join(repr(lr) for lr in r.found_lrs)] if auto else []
+        rows.append(values + [measured[c] for c in columns] + found)
+    # lr = auto: the rates the range test found (one per model, ';'-separated)
+    found_column = ["found_lr"] if auto else []
+    artifacts.write_csv(run_dir / "compare.csv", [*compare.keys, *columns, *found_column], rows)
     if compare.n_folds is None:
         artifacts.write_csv(
             run_dir / "histories.csv",

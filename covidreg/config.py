@@ -42,6 +42,8 @@ BiasInit = Literal["default", "zeros", "constant"]
 SchedulerName = Literal["none", "step", "exponential", "cosine", "plateau"]
 Target = Literal["level", "delta"]
 Device = Literal["auto", "cpu", "cuda"]
+# lr = "auto": each model's learning rate comes from the range test on its own training rows
+AUTO_LR = "auto"
 
 
 def _opt(default: Any, help: str, group: str) -> Any:
@@ -122,7 +124,12 @@ class Config:
     optimizer: str = _opt(
         "adam", "Optimizer (torch.optim's algorithm): " + ", ".join(OPTIMIZER_NAMES) + ".", "train"
     )
-    lr: float = _opt(1e-3, "Learning rate.", "train")
+    lr: float = _opt(
+        1e-3,
+        "Learning rate, or auto: the rate the range test (covidreg lr-find) suggests, found on "
+        "each model's own training rows before it trains.",
+        "train",
+    )
     weight_decay: float = _opt(0.0, "Optimizer weight decay (decoupled for adamw).", "train")
     momentum: float = _opt(0.9, "Momentum (sgd, rmsprop).", "train")
     nesterov: bool = _opt(False, "Nesterov momentum (sgd).", "train")
@@ -244,9 +251,10 @@ def coerce_value(name: str, value: Any, source: str = "", parse_text: bool = Fal
 
 
 def _coerce_scalar(name: str, kind: type, value: Any, source: str, parse_text: bool) -> Any:
-    bad = CovidRegError(
-        f"config key '{name}'{_where(source)} must be {kind.__name__}, got {value!r}"
-    )
+    what = "a number or auto" if name == "lr" else kind.__name__
+    bad = CovidRegError(f"config key '{name}'{_where(source)} must be {what}, got {value!r}")
+    if name == "lr" and isinstance(value, str) and value.strip().lower() == AUTO_LR:
+        return AUTO_LR
     if isinstance(value, str) and kind is not str and parse_text:
         value = value.strip()
         try:
@@ -332,7 +340,13 @@ def validate(cfg: Config) -> None:
         "fold_processes",
     ):
         _require(getattr(cfg, key) >= 0, key, "zero or a positive integer", getattr(cfg, key))
-    _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a positive number", cfg.lr)
+    if cfg.lr != AUTO_LR:
+        _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a positive number or auto", cfg.lr)
+    elif cfg.output_lr != 0:
+        raise CovidRegError(
+            "config key 'lr' = auto finds one rate for the whole model; leave output_lr at 0 "
+            "(--output-lr 0) or give lr a number"
+        )
     for key in ("weight_decay", "l2", "l1", "min_delta", "min_lr", "output_lr", "momentum"):
         value = getattr(cfg, key)
         _require(math.isfinite(value) and value >= 0, key, "zero or a positive number", value)

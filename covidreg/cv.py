@@ -14,7 +14,7 @@ import torch
 
 from covidreg import artifacts
 from covidreg.baselines import persistence_predict, ridge_fit_predict, rmse
-from covidreg.config import Config, to_toml
+from covidreg.config import AUTO_LR, Config, to_toml
 from covidreg.engine import (
     EarlyStopping,
     EpochRecord,
@@ -25,7 +25,15 @@ from covidreg.engine import (
     predict,
     stack_groups,
 )
-from covidreg.experiment import LoadedData, OnEpoch, checkpoint_payload, load_data, preflight
+from covidreg.experiment import (
+    LoadedData,
+    OnEpoch,
+    checkpoint_payload,
+    load_data,
+    lr_record,
+    preflight,
+    with_found_lr,
+)
 from covidreg.processes import StackProcesses, process_count
 from covidreg.reproducibility import resolve_device
 from covidreg.schema import feature_columns, select
@@ -42,6 +50,7 @@ FOLD_COLUMNS = (
     "valid_rmse",
     "persistence_rmse",
     "ridge_rmse",
+    "lr",
     "seconds",
 )
 
@@ -63,6 +72,7 @@ class FoldResult:
     valid_rmse: float
     persistence_rmse: float
     ridge_rmse: float
+    lr: float  # the fold's learning rate: the config's, or its own range test's (lr = auto)
     seconds: float
     history: list[EpochRecord] = field(default_factory=list, repr=False)
 
@@ -103,6 +113,7 @@ def check_cv_inputs(cfg: Config, n_folds: int, with_test: bool) -> LoadedData:
 
 
 def _fold_result(
+    cfg: Config,
     k: int,
     seed: int,
     data: LoadedData,
@@ -124,6 +135,7 @@ def _fold_result(
         valid_rmse=math.sqrt(result.best_valid_mse),
         persistence_rmse=rmse(persistence_predict(data.train, valid_idx), target),
         ridge_rmse=rmse(ridge, target),
+        lr=with_found_lr(cfg, fitted).lr,
         seconds=round(result.seconds, 3),
         history=result.history,
     )
@@ -137,6 +149,8 @@ def summarize(cfg: Config, n_folds: int, folds: list[FoldResult]) -> dict[str, A
         "valid_rmse": mean_std([f.valid_rmse for f in folds]),
         "persistence_rmse": mean_std([f.persistence_rmse for f in folds]),
         "ridge_rmse": mean_std([f.ridge_rmse for f in folds]),
+        # lr = auto: each fold's rate comes from the range test on its own training rows
+        "lr_source": "lr-find" if cfg.lr == AUTO_LR else "config",
         "epochs_run": mean_std([f.epochs_run for f in folds]),
         "fold_seconds": mean_std([f.seconds for f in folds]),
         "folds": [{k: v for k, v in asdict(f).items() if k != "history"} for f in folds],
@@ -275,32 +289,32 @@ def run_cv(
     if data is None:
         data = load_data(cfg, with_test=write_predictions)
     folds = make_folds(cfg, data, n_folds)
-    artifacts.check_output_target(out)
-    run_dir = artifacts.ensure_writable_dir(out) if out else artifacts.new_run_dir(runs_dir, "cv")
-    if on_start is not None:
-        on_start(run_dir)
-    results: list[FoldResult] = []
-    models: list[torch.nn.Module] = []
+    # a run that fails before its first file (a fold's range test, an interrupt) leaves nothing
+    with artifacts.run_dir_for(out, runs_dir, "cv") as run_dir:
+        if on_start is not None:
+            on_start(run_dir)
+        results: list[FoldResult] = []
+        models: list[torch.nn.Module] = []
 
-    def on_fold_fitted(k: int, fitted: FittedModel) -> None:
-        train_idx, valid_idx = folds[k - 1]
-        fold = _fold_result(k, fold_seed(cfg.seed, k), data, train_idx, valid_idx, fitted)
-        _write_fold(run_dir / f"fold_{k}", cfg, data, fitted, fold)
-        results.append(fold)
-        models.append(fitted.model)
-        if on_fold_end is not None:
-            on_fold_end(fold)
+        def on_fold_fitted(k: int, fitted: FittedModel) -> None:
+            train_idx, valid_idx = folds[k - 1]
+            fold = _fold_result(cfg, k, fold_seed(cfg.seed, k), data, train_idx, valid_idx, fitted)
+            _write_fold(run_dir / f"fold_{k}", cfg, data, fitted, fold)
+            results.append(fold)
+            models.append(fitted.model)
+            if on_fold_end is not None:
+                on_fold_end(fold)
 
-    with artifacts.Plots() as plots:  # matplotlib loads beside the training
-        start = time.perf_counter()
-        cross_validate(cfg, data, folds, FoldEvents(on_fold_start, on_epoch, on_fold_fitted))
-        summary = summarize(cfg, n_folds, results)
-        summary["seconds"] = round(time.perf_counter() - start, 3)  # the folds' wall time
-        pred_path = _write_cv_outputs(
-            run_dir, cfg, data, results, models, summary, write_predictions, plots
-        )
-        plots.finish()
-    return CvResult(run_dir, n_folds, cfg.split, results, summary, pred_path)
+        with artifacts.Plots() as plots:  # matplotlib loads beside the training
+            start = time.perf_counter()
+            cross_validate(cfg, data, folds, FoldEvents(on_fold_start, on_epoch, on_fold_fitted))
+            summary = summarize(cfg, n_folds, results)
+            summary["seconds"] = round(time.perf_counter() - start, 3)  # the folds' wall time
+            pred_path = _write_cv_outputs(
+                run_dir, cfg, data, results, models, summary, write_predictions, plots
+            )
+            plots.finish()
+        return CvResult(run_dir, n_folds, cfg.split, results, summary, pred_path)
 
 
 def _write_fold(
@@ -308,7 +322,8 @@ def _write_fold(
 ) -> None:
     fold_dir.mkdir(exist_ok=True)
     metrics = {k: v for k, v in asdict(fold).items() if k != "history"}
-    payload = checkpoint_payload(cfg, data.feature_names, fitted, metrics)
+    metrics.update(lr_record(fitted))
+    payload = checkpoint_payload(with_found_lr(cfg, fitted), data.feature_names, fitted, metrics)
     artifacts.save_checkpoint(fold_dir / "model.pt", payload)
     artifacts.write_csv(
         fold_dir / "history.csv",

@@ -21,6 +21,7 @@ machine's cores (``stack_groups``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from covidreg.config import Config
+from covidreg.config import AUTO_LR, Config
 from covidreg.errors import CovidRegError
 from covidreg.loaders import HW01Dataset, make_loader
 from covidreg.model import MLP, build_model
@@ -131,6 +132,7 @@ class FittedModel:
     result: FitResult
     mean: np.ndarray
     std: np.ndarray
+    lr_finder: dict[str, Any] | None = None  # lr = "auto": the range test's rate and rule
 
 
 @dataclass
@@ -153,6 +155,7 @@ class Member:
     seconds: float = 0.0  # this member's share of the epochs' wall time
     best: list[torch.Tensor] | None = None  # best weights so far, in MLP.linears() order
     fitted: FittedModel | None = None
+    lr_finder: dict[str, Any] | None = None  # lr = "auto": what the range test found
 
 
 def check_batch_size(cfg: Config, n_train: int) -> None:
@@ -168,9 +171,17 @@ def build_member(
 ) -> Member:
     """Seed, build the model and fit its normalisation on the training rows only.
 
-    In this order, always: the same seed gives the same initial weights in any stack.
+    In this order, always: the same seed gives the same initial weights in any stack. With
+    ``lr = "auto"`` the range test runs on these training rows first (it puts the random state
+    back), so the member is the one its found rate as a number would give.
     """
     check_batch_size(cfg, len(train))
+    lr_finder = None
+    if cfg.lr == AUTO_LR:
+        from covidreg.lr_find import find_rate
+
+        lr_finder = find_rate(cfg, feature_names, train, valid, seed)
+        cfg = dataclasses.replace(cfg, lr=lr_finder["lr"])
     set_threads(cfg.threads)
     seed_everything(seed, cfg.deterministic)
     model = build_model(cfg, feature_names)
@@ -195,6 +206,7 @@ def build_member(
         dropout_masks=masks,
         stopper=EarlyStopping(cfg.patience, cfg.min_delta),
         rates=LearningRates(base_rates, cfg),
+        lr_finder=lr_finder,
     )
 
 
@@ -341,7 +353,7 @@ class Engine:
             seconds=member.seconds,
             message=member.message,
         )
-        member.fitted = FittedModel(member.model, result, member.mean, member.std)
+        member.fitted = FittedModel(member.model, result, member.mean, member.std, member.lr_finder)
         return member.fitted
 
     # --- exact resume ---

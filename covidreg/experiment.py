@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ def run_metrics(
 ) -> dict[str, Any]:
     result = fitted.result
     return {
+        **lr_record(fitted),
         "best_epoch": result.best_epoch,
         "valid_mse": result.best_valid_mse,
         "valid_rmse": math.sqrt(result.best_valid_mse),
@@ -139,6 +141,20 @@ def run_metrics(
     }
 
 
+def lr_record(fitted: FittedModel) -> dict[str, Any]:
+    """Where the model's learning rate came from: the config, or the range test (lr = auto)."""
+    if fitted.lr_finder is None:
+        return {"lr_source": "config"}
+    return {"lr_source": "lr-find", "lr_finder": fitted.lr_finder}
+
+
+def with_found_lr(cfg: Config, fitted: FittedModel) -> Config:
+    """The config as the model trained: lr = auto replaced by the rate the test found."""
+    if fitted.lr_finder is None:
+        return cfg
+    return dataclasses.replace(cfg, lr=fitted.lr_finder["lr"])
+
+
 def write_run(
     run_dir: Path,
     cfg: Config,
@@ -150,6 +166,7 @@ def write_run(
 ) -> None:
     """Write every output file of a finished run (each atomically); the plots are queued on
     ``plots``, whose ``finish`` the caller awaits."""
+    cfg = with_found_lr(cfg, fitted)  # config.toml and model.pt record lr = auto's number
     model, history = fitted.model, fitted.result.history
     artifacts.save_checkpoint(
         run_dir / "model.pt", checkpoint_payload(cfg, data.feature_names, fitted, metrics)

@@ -175,7 +175,7 @@ def _receive_member(member: Member, result: FitResult, state: dict[str, Any]) ->
     member.model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     member.history = list(result.history)
     member.running = False
-    member.fitted = FittedModel(member.model, result, member.mean, member.std)
+    member.fitted = FittedModel(member.model, result, member.mean, member.std, member.lr_finder)
 
 
 def _names(stacks: list[int]) -> str:

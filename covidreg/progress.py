@@ -127,6 +127,16 @@ def train_summary(result: Any, quiet: bool) -> None:
             ("features / parameters", f"{m['n_features']} / {m['n_parameters']}"),
             ("epochs run", f"{m['epochs_run']} ({m['stop_reason'].replace('_', ' ')})"),
             ("best epoch", str(m["best_epoch"])),
+            *(
+                [
+                    (
+                        "learning rate",
+                        f"{m['lr_finder']['lr']:.3g} (--lr auto: the range test's valley)",
+                    )
+                ]
+                if m.get("lr_source") == "lr-find"
+                else []
+            ),
             ("valid MSE", f"{m['valid_mse']:.5f}"),
             ("valid RMSE", f"{m['valid_rmse']:.5f}"),
             ("persistence RMSE", f"{m['persistence_valid_rmse']:.5f} (day 3 = day 2)"),
@@ -184,12 +194,14 @@ def cv_summary(result: Any, quiet: bool) -> None:
         table = Table(
             title=f"covidreg cv: {result.n_folds} {result.split} folds", title_justify="left"
         )
+        found = s.get("lr_source") == "lr-find"  # --lr auto: each fold's own rate
         for name in (
             "fold",
             "train rows",
             "valid rows",
             "epochs",
             "best epoch",
+            *(["lr (auto)"] if found else []),
             "valid MSE",
             "valid RMSE",
             "persistence",
@@ -204,6 +216,7 @@ def cv_summary(result: Any, quiet: bool) -> None:
                 str(f.valid_rows),
                 str(f.epochs_run),
                 str(f.best_epoch),
+                *([f"{f.lr:.3g}"] if found else []),
                 f"{f.valid_mse:.4f}",
                 f"{f.valid_rmse:.4f}",
                 f"{f.persistence_rmse:.4f}",
@@ -214,11 +227,7 @@ def cv_summary(result: Any, quiet: bool) -> None:
         for label, key in (("mean", "mean"), ("std", "std"), ("min", "min"), ("max", "max")):
             table.add_row(
                 label,
-                "",
-                "",
-                "",
-                "",
-                "",
+                *[""] * (6 if found else 5),
                 f"{s['valid_rmse'][key]:.4f}",
                 f"{s['persistence_rmse'][key]:.4f}",
                 f"{s['ridge_rmse'][key]:.4f}",
@@ -465,15 +474,16 @@ def compare_summary(result: Any, quiet: bool) -> None:
 
 def lr_find_summary(result: Any, quiet: bool) -> None:
     """What the range test found; the result line on stdout."""
+    found = result.suggestion
     if not quiet:
         end = "diverged" if result.diverged else "reached --end-lr"
         err_console.print(
             f"{len(result.lrs)} steps from {result.lrs[0]:.3g} to {result.lrs[-1]:.3g} ({end}); "
-            f"steepest descent at lr {result.suggested_lr:.3g}, minimum / 10 at "
-            f"{result.min_lr_div10:.3g}"
+            f"steepest descent at lr {found.steepest:.3g}, valley at {found.valley:.3g} "
+            f"(the rate --lr auto takes), minimum / 10 at {found.min_div10:.3g}"
         )
         err_console.print(f"outputs: {result.run_dir} (lr_find.csv, lr_find.png)")
     out_console.print(
-        f"suggested_lr={result.suggested_lr:.3g} min_lr_div10={result.min_lr_div10:.3g} "
-        f"run_dir={result.run_dir}"
+        f"suggested_lr={found.steepest:.3g} valley_lr={found.valley:.3g} "
+        f"min_lr_div10={found.min_div10:.3g} run_dir={result.run_dir}"
     )

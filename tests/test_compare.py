@@ -186,7 +186,7 @@ def test_folds_x_seeds_are_cvs_numbers(data: dict[str, Path], tmp_path: Path) ->
     [
         ([], "compare needs at least one key"),
         (["--lr", ",".join(str(k) for k in range(1, 66))], "65 = 65 variants is too many"),
-        (["--lr", "1e-3,x"], "config key 'lr' in command-line flags must be float, got 'x'"),
+        (["--lr", "1e-3,x"], "'lr' in command-line flags must be a number or auto, got 'x'"),
         (["--lr", "1e-3,1e-2", "--seeds", "2"], "--seeds on compare needs --folds"),
     ],
 )

@@ -326,3 +326,25 @@ def test_repo_sample_config_is_the_course_baseline() -> None:
 
 def test_repo_default_config_is_the_builtin_defaults() -> None:
     assert resolve_config(CONFIGS / "default.toml") == Config()
+
+
+# --- lr = auto -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", ["auto", "AUTO", " auto "])
+def test_lr_auto_from_a_flag_or_a_file_round_trips(tmp_path: Path, given: str) -> None:
+    cfg = resolve_config(None, {"lr": given})
+    assert cfg.lr == "auto"
+    path = write_toml(tmp_path, to_toml(cfg, only_changed=True))
+    assert path.read_text() == '# train\nlr = "auto"\n'
+    assert resolve_config(path) == cfg
+
+
+def test_a_bad_lr_says_a_number_or_auto() -> None:
+    with pytest.raises(CovidRegError, match="'lr' in command-line flags must be a number or auto"):
+        resolve_config(None, {"lr": "fast"})
+
+
+def test_lr_auto_refuses_a_separate_output_rate() -> None:
+    with pytest.raises(CovidRegError, match="leave output_lr at 0"):
+        resolve_config(None, {"lr": "auto", "output_lr": "0.01"})

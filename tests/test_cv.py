@@ -36,6 +36,7 @@ CV_COLUMNS = [
     "valid_rmse",
     "persistence_rmse",
     "ridge_rmse",
+    "lr",
     "seconds",
 ]
 N_STATES, N_WINDOWS = 4, 30

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from covidreg.cli import app
 from covidreg.config import resolve_config
-from covidreg.lr_find import range_test, smooth, suggestions
+from covidreg.lr_find import holdout_range_test, smooth, suggest, valley
 from tests.conftest import train_args
 
 runner = CliRunner()
@@ -49,9 +50,32 @@ def test_the_suggestion_is_the_steepest_descent_and_the_minimum_over_ten() -> No
     lrs = list(np.logspace(-6, 0, 61))
     losses = [1 - math.tanh(2 * (math.log10(lr) + 3)) for lr in lrs]  # steepest at 1e-3
     losses[-1] = 5.0  # diverged at the end: the minimum is the step before
-    suggested, minimum = suggestions(lrs, losses)
-    assert suggested == pytest.approx(1e-3)
-    assert minimum == pytest.approx(lrs[-2] / 10)
+    found = suggest(lrs, losses)
+    assert found.steepest == pytest.approx(1e-3)
+    assert found.min_div10 == pytest.approx(lrs[-2] / 10)
+
+
+def test_the_valley_is_a_little_past_a_third_down_the_longest_fall() -> None:
+    # flat (noisy) for 10 steps, then falling for 30, then up: the longest decreasing
+    # subsequence is 1.01, 1.0 and the 30 falling values, 32 long, ending at step 39; fastai
+    # puts its start at end - length = 7 and takes start + int(32/3) + int(32/3/2)
+    flat = [1.0 + 0.01 * (i % 2) for i in range(10)]
+    fall = [0.99 - 0.01 * i for i in range(30)]
+    losses = np.array([*flat, *fall, 0.8, 0.9, 1.5])
+    assert valley(losses) == 7 + 10 + 5
+
+
+def test_on_a_flat_curve_the_valley_is_not_the_noise_of_the_steepest_descent() -> None:
+    # the delta target's curve: flat at the noise floor until it diverges; a single dip at
+    # the start is the steepest descent, the valley lies in the long slow fall before the end
+    rng = np.random.default_rng(0)
+    lrs = list(np.logspace(-7, 0, 90))
+    losses = [1.0 + 0.05 * rng.standard_normal() - 0.001 * i for i in range(85)]
+    losses += [2.0, 5.0, 20.0, 100.0, 900.0]
+    losses[12] = 0.2
+    found = suggest(lrs, smooth(losses))
+    assert found.steepest < 1e-5
+    assert found.valley > 1e-4
 
 
 def test_lr_find_writes_the_rates_losses_and_plot(
@@ -67,9 +91,10 @@ def test_lr_find_writes_the_rates_losses_and_plot(
     assert np.allclose(np.diff(np.log(lrs)), math.log(1e4) / 39)  # exponential growth
     smoothed = smooth([float(r["loss"]) for r in rows])
     assert [float(r["smoothed_loss"]) for r in rows] == smoothed
-    suggested, minimum = suggestions(lrs, smoothed)
+    found = suggest(lrs, smoothed)
     assert result.stdout == (
-        f"suggested_lr={suggested:.3g} min_lr_div10={minimum:.3g} run_dir={out}\n"
+        f"suggested_lr={found.steepest:.3g} valley_lr={found.valley:.3g} "
+        f"min_lr_div10={found.min_div10:.3g} run_dir={out}\n"
     )
     assert (out / "lr_find.png").read_bytes().startswith(b"\x89PNG")
 
@@ -84,7 +109,7 @@ def test_the_test_stops_when_the_loss_diverges(hw01_files: dict[str, Path]) -> N
             "optimizer": "sgd",
         },
     )
-    lrs, losses, diverged = range_test(cfg, 1e-4, 1e4, 200)
+    lrs, losses, diverged = holdout_range_test(cfg, 1e-4, 1e4, 200)
     assert diverged and len(lrs) < 200
     finite = smooth(losses[:-1])
     assert not math.isfinite(losses[-1]) or smooth(losses)[-1] > 4 * min(finite)
@@ -121,4 +146,97 @@ def test_bad_bounds_are_one_line_errors_and_write_nothing(
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert expected in result.stderr
+    assert not out.exists()
+
+
+# --- lr = auto ------------------------------------------------------------------------------
+
+
+def test_lr_auto_trains_as_the_found_rate_given_as_a_number(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    auto = runner.invoke(app, [*train_args(hw01_files, tmp_path / "auto", "--lr", "auto"), "-q"])
+    assert auto.exit_code == 0, auto.stderr
+    metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert metrics["lr_source"] == "lr-find" and metrics["lr_finder"]["rule"] == "valley"
+    found = metrics["lr_finder"]["lr"]
+    # the valley of the range test on the training split, as covidreg lr-find runs it
+    cfg = resolve_config(
+        None,
+        {"train_csv": str(hw01_files["train"]), "test_csv": "", "batch_size": 16, "lr": "auto"},
+    )
+    lrs, losses, _ = holdout_range_test(cfg, 1e-7, 10.0, 100)
+    assert found == suggest(lrs, smooth(losses)).valley
+    # config.toml and the checkpoint record the number, so a rerun needs no range test
+    assert f"lr = {found!r}" in (tmp_path / "auto" / "config.toml").read_text().splitlines()
+    checkpoint = torch.load(tmp_path / "auto" / "model.pt", weights_only=True)
+    assert checkpoint["config"]["lr"] == found
+    number = runner.invoke(
+        app, [*train_args(hw01_files, tmp_path / "number", "--lr", repr(found)), "-q"]
+    )
+    assert number.exit_code == 0, number.stderr
+    for name in ("history.csv", "pred.csv"):
+        assert (tmp_path / "auto" / name).read_bytes() == (tmp_path / "number" / name).read_bytes()
+    assert json.loads((tmp_path / "number" / "metrics.json").read_text())["lr_source"] == "config"
+
+
+def test_cv_lr_auto_finds_each_folds_rate_on_its_own_training_rows(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from covidreg.cv import fold_seed, make_folds
+    from covidreg.experiment import load_data
+    from covidreg.lr_find import find_rate
+    from covidreg.schema import feature_columns, select
+
+    out = tmp_path / "cv"
+    args = ["cv", "--folds", "3", "--train-csv", str(hw01_files["train"]), "--test-csv", ""]
+    result = runner.invoke(
+        app, [*args, "--epochs", "12", "--batch-size", "16", "--lr", "auto", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.stderr
+    cfg = resolve_config(
+        None,
+        {"train_csv": str(hw01_files["train"]), "test_csv": "", "batch_size": 16, "lr": "auto"},
+    )
+    data = load_data(cfg)
+    columns = feature_columns(data.feature_names)
+    expected = [
+        find_rate(
+            cfg,
+            data.feature_names,
+            select(data.train, columns, train_idx),
+            select(data.train, columns, valid_idx),
+            fold_seed(cfg.seed, k),
+        )["lr"]
+        for k, (train_idx, valid_idx) in enumerate(make_folds(cfg, data, 3), start=1)
+    ]
+    assert [float(r["lr"]) for r in read_rows(out / "cv.csv")] == expected
+    assert json.loads((out / "summary.json").read_text())["lr_source"] == "lr-find"
+    fold = torch.load(out / "fold_2" / "model.pt", weights_only=True)
+    assert fold["config"]["lr"] == expected[1]
+    assert fold["metrics"]["lr_finder"]["lr"] == expected[1]
+
+
+def test_compare_lr_auto_is_a_variant_with_its_found_rate(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    trained = runner.invoke(app, [*train_args(hw01_files, tmp_path / "t", "--lr", "auto"), "-q"])
+    assert trained.exit_code == 0, trained.stderr
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    args = train_args(hw01_files, tmp_path / "c", "--lr", "auto,0.01")
+    compared = runner.invoke(app, ["compare", *args[1:], "-q"])
+    assert compared.exit_code == 0, compared.stderr
+    auto, fixed = read_rows(tmp_path / "c" / "compare.csv")
+    assert auto["lr"] == "auto" and float(auto["found_lr"]) == metrics["lr_finder"]["lr"]
+    assert float(auto["valid_rmse"]) == metrics["valid_rmse"]
+    assert fixed["lr"] == "0.01" and fixed["found_lr"] == ""
+
+
+def test_lr_auto_with_a_separate_output_rate_is_refused_before_writing(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "t"
+    result = runner.invoke(app, train_args(hw01_files, out, "--lr", "auto", "--output-lr", "0.1"))
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "leave output_lr at 0" in result.stderr
     assert not out.exists()
