@@ -195,7 +195,7 @@ class Config:
         False,
         "Write TensorBoard event files into the run directory (tensorboard/): each epoch's "
         "train loss, valid loss and learning rate; tune trials' hyperparameters and RMSE. "
-        "Needs the tensorboard package (pip install 'covidreg[tensorboard]').",
+        "Needs the tensorboard package (covidreg's tensorboard extra).",
         "run",
     )
 

@@ -72,6 +72,11 @@ def test_train_logs_every_epoch_as_in_history_csv(
     assert result.exit_code == 0, result.stderr
     assert_log_is_history(out / "tensorboard", out / "history.csv")
     assert len(read_history(out / "history.csv")["epoch"]) == 12
+    # logging changes no bit of the run
+    plain = tmp_path / "plain"
+    assert runner.invoke(app, train_args(hw01_files, plain, "-q")).exit_code == 0
+    for name in ("history.csv", "pred.csv"):
+        assert (out / name).read_bytes() == (plain / name).read_bytes()
     # the key travels with the run: config.toml and the checkpoint
     assert resolve_config(out / "config.toml").tensorboard is True
     checkpoint = torch.load(out / "model.pt", weights_only=True)
@@ -299,22 +304,49 @@ def test_without_the_key_nothing_is_written_or_imported(
     assert not list(tmp_path.rglob("tensorboard")) and not list(tmp_path.rglob("*tfevents*"))
 
 
-@pytest.mark.parametrize("command", ["train", "seeds", "cv", "tune"])
-def test_without_the_package_the_flag_fails_before_anything_is_written(
-    hw01_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
-) -> None:
+def without_tensorboard(monkeypatch: pytest.MonkeyPatch) -> None:
     # None in sys.modules: `import tensorboard` raises ImportError, as when it is not installed
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    out = tmp_path / "out"
-    args = {
-        "train": train_args(hw01_files, out),
-        "seeds": train_args(hw01_files, out, "--seeds", "2"),
-        "cv": ["cv", *train_args(hw01_files, out)[1:], "--folds", "2"],
-        "tune": tune_args(hw01_files, write_space(tmp_path), out, "--trials", "1"),
-    }[command]
-    result = runner.invoke(app, [*args, "--tensorboard"])
+
+
+def assert_install_hint(result) -> None:
     assert result.exit_code == 1
     assert result.stderr == f"error: {tensorboard_logs.INSTALL_HINT}\n"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["train", "seeds", "cv", "cv-seeds", "tune", "compare"])
+def test_without_the_package_the_flag_fails_before_anything_is_written(
+    hw01_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    without_tensorboard(monkeypatch)
+    out = tmp_path / "out"
+    train = train_args(hw01_files, out)
+    args = {
+        "train": [*train, "--tensorboard"],
+        "seeds": [*train, "--seeds", "2", "--tensorboard"],
+        "cv": ["cv", *train[1:], "--folds", "2", "--tensorboard"],
+        "cv-seeds": ["cv", *train[1:], "--folds", "2", "--seeds", "2", "--tensorboard"],
+        "tune": [*tune_args(hw01_files, write_space(tmp_path), out), "--tensorboard"],
+        "compare": ["compare", *train[1:], "--lr", "1e-3,1e-2", "--tensorboard", "true", "-q"],
+    }[command]
+    assert_install_hint(runner.invoke(app, args))
     assert not out.exists()
+
+
+def test_without_the_package_a_logged_run_does_not_resume(
+    hw01_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "interrupted"
+
+    def interrupt(record: EpochRecord, stopper: EarlyStopping) -> None:
+        if record.epoch == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tensorboard_cfg(hw01_files), out, on_epoch=interrupt)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    without_tensorboard(monkeypatch)
+    assert_install_hint(runner.invoke(app, ["train", "--resume", str(out)]))
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
