@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from covidreg import artifacts
+from covidreg import artifacts, tensorboard_logs
 from covidreg.config import FIELDS, Config, coerce_value, is_list, resolve_config
 from covidreg.engine import DivergedAtOnce, EpochRecord, FitResult, FittedModel, build_member
 from covidreg.errors import CovidRegError
@@ -336,11 +337,43 @@ def _compare_into(
                     on_done(i)
         compare = CompareResult(run_dir, keys, results, n_folds, n_seeds)
         write_outputs(compare, plots)
+        write_logs(compare)
         plots.finish()
     return compare
 
 
 # --- outputs ------------------------------------------------------------------------------------
+
+
+def log_folder(variant: Variant) -> str:
+    """The variant's TensorBoard folder: one level per compared key, ``key=value``, with any
+    character that a path would read differently replaced (a value may be a file path)."""
+    return "/".join(
+        re.sub(r"[^A-Za-z0-9._=,+-]", "_", f"{key}={show_value(value)}")
+        for key, value in variant.values.items()
+    )
+
+
+def write_logs(compare: CompareResult) -> None:
+    """``--tensorboard``: each variant's epochs under ``tensorboard/<key=value>/``, its folds
+    (with ``--folds``) under ``seed_<s>/fold_<k>/`` below it."""
+    from covidreg.seeds import seed_list
+
+    for r in compare.results:
+        if not r.variant.cfg.tensorboard:
+            continue
+        base = compare.run_dir / tensorboard_logs.LOG_DIR / log_folder(r.variant)
+        if compare.n_folds is None:
+            folders = [base]
+        else:
+            folders = [
+                base / f"seed_{seed}" / f"fold_{k}"
+                for seed in seed_list(r.variant.cfg.seed, compare.n_seeds)
+                for k in range(1, compare.n_folds + 1)
+            ]
+        for folder, history in zip(folders, r.histories, strict=True):
+            if history:  # a variant that diverged in its first epoch has none
+                tensorboard_logs.write_history(folder, history)
 
 
 def write_outputs(compare: CompareResult, plots: artifacts.Plots) -> None:

@@ -198,6 +198,13 @@ class Config:
     checkpoint_every: int = _opt(
         50, "Save a resumable training state every N epochs (0: never).", "run"
     )
+    tensorboard: bool = _opt(
+        False,
+        "Write TensorBoard event files into the run directory (tensorboard/): each epoch's "
+        "train loss, valid loss and learning rate; tune trials' hyperparameters and RMSE. "
+        "Needs the tensorboard package (covidreg's tensorboard extra).",
+        "run",
+    )
 
 
 CHOICES: dict[str, tuple[str, ...]] = {

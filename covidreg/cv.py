@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from covidreg import artifacts
+from covidreg import artifacts, tensorboard_logs
 from covidreg.baselines import persistence_predict, ridge_fit_predict, rmse
 from covidreg.config import AUTO_LR, Config, to_toml
 from covidreg.engine import (
@@ -300,6 +300,10 @@ def run_cv(
             train_idx, valid_idx = folds[k - 1]
             fold = _fold_result(cfg, k, fold_seed(cfg.seed, k), data, train_idx, valid_idx, fitted)
             _write_fold(run_dir / f"fold_{k}", cfg, data, fitted, fold)
+            if cfg.tensorboard:  # from the parent: folds may train in forked processes
+                tensorboard_logs.write_history(
+                    run_dir / tensorboard_logs.LOG_DIR / f"fold_{k}", fold.history
+                )
             results.append(fold)
             models.append(fitted.model)
             if on_fold_end is not None:

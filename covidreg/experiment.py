@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from covidreg import artifacts
+from covidreg import artifacts, tensorboard_logs
 from covidreg.baselines import persistence_predict, rmse
 from covidreg.config import Config, from_dict, to_dict, to_toml
 from covidreg.engine import (
@@ -24,6 +24,7 @@ from covidreg.engine import (
     build_member,
     check_batch_size,
     fit_members,
+    history_records,
     predict,
 )
 from covidreg.errors import CovidRegError
@@ -65,6 +66,7 @@ def preflight(cfg: Config, data: LoadedData, n_train: int) -> None:
     check_batch_size(cfg, n_train)
     skip_index_for(cfg, data.feature_names)
     resolve_device(cfg.device)
+    tensorboard_logs.check(cfg)
 
 
 def fit_model(
@@ -253,15 +255,49 @@ def _train_into(
             durable=False,
         )
 
-    with artifacts.Plots() as plots:  # matplotlib loads beside the training
+    earlier = _resumed_history(resume_state) if cfg.tensorboard else []
+    with (
+        artifacts.Plots() as plots,  # matplotlib loads beside the training
+        tensorboard_logs.live_log(cfg, run_dir / tensorboard_logs.LOG_DIR, earlier) as log,
+    ):
         fitted = fit_model(
-            cfg, data, train_idx, valid_idx, cfg.seed, on_epoch, save_state, resume_state
+            cfg,
+            data,
+            train_idx,
+            valid_idx,
+            cfg.seed,
+            _logged(on_epoch, log),
+            save_state,
+            resume_state,
         )
         metrics = run_metrics(cfg, data, train_idx, valid_idx, fitted)
         write_run(run_dir, cfg, data, valid_idx, fitted, metrics, plots)
         plots.finish()
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     return RunResult(run_dir, metrics, fitted.result, fitted.result.message)
+
+
+def _resumed_history(state: dict[str, Any] | None) -> list[EpochRecord]:
+    """The epochs a resumed run already has (a state without them fails in the engine)."""
+    if state is None:
+        return []
+    try:
+        return history_records(state["members"][0]["history"])
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return []
+
+
+def _logged(on_epoch: OnEpoch | None, log: tensorboard_logs.EpochLog | None) -> OnEpoch | None:
+    """``on_epoch`` that also writes each epoch to the TensorBoard log, when there is one."""
+    if log is None:
+        return on_epoch
+
+    def both(record: EpochRecord, stopper: EarlyStopping) -> None:
+        log(record)
+        if on_epoch is not None:
+            on_epoch(record, stopper)
+
+    return both
 
 
 def resume_train(
@@ -282,6 +318,7 @@ def resume_train(
     if state.get("kind") != "training_state":
         raise CovidRegError(f"{state_path} is not a covidreg training state")
     cfg = from_dict(state["config"], str(state_path))
+    tensorboard_logs.check(cfg)
     data = load_data(cfg)
     train_idx, valid_idx = holdout_split(
         data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge

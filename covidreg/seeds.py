@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from covidreg import artifacts
+from covidreg import artifacts, tensorboard_logs
 from covidreg.config import Config
 from covidreg.cv import FoldEvents, mean_std
 from covidreg.engine import FittedModel
@@ -79,6 +79,7 @@ def train_seeds(
     from covidreg.experiment import RunResult, run_metrics, write_run
     from covidreg.splits import holdout_split
 
+    tensorboard_logs.check(cfg)
     train_idx, valid_idx = holdout_split(
         data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
@@ -94,6 +95,9 @@ def train_seeds(
         seed_dir.mkdir()
         metrics = run_metrics(seed_cfg, data, train_idx, valid_idx, fitted)
         write_run(seed_dir, seed_cfg, data, valid_idx, fitted, metrics, plots)
+        if cfg.tensorboard:  # one folder per seed under one log, so TensorBoard overlays them
+            log_dir = run_dir / tensorboard_logs.LOG_DIR / f"seed_{seed_cfg.seed}"
+            tensorboard_logs.write_history(log_dir, fitted.result.history)
         result = RunResult(seed_dir, metrics, fitted.result, fitted.result.message)
         runs.append(SeedRun(seed_cfg.seed, seed_dir, metrics["valid_rmse"], result))
         if events.on_fold_fitted is not None:

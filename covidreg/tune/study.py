@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from covidreg import tensorboard_logs
 from covidreg.config import Config, from_dict, to_dict
 from covidreg.errors import CovidRegError
 from covidreg.experiment import LoadedData, load_data
@@ -187,6 +188,7 @@ def plan_tune(
     trial left to run.
     """
     _check_options(sampler, pruner, n_trials, n_folds, workers, study_name)
+    tensorboard_logs.check(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings: list[str] = []
     if sampler == "grid":
@@ -222,6 +224,7 @@ def plan_tune(
         pruner=pruner,
         stride=stride,
         report_every=0 if pruner == "none" else max(1, stride // REPORTS_PER_FOLD),
+        log_dir=str(run_dir / tensorboard_logs.LOG_DIR) if cfg.tensorboard else "",
     )
     return TunePlan(job, run_dir, workers, n_done, warnings)
 

@@ -21,9 +21,10 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from covidreg import tensorboard_logs
 from covidreg.config import Config, to_dict
 from covidreg.cv import FoldEvents, cross_validate, fold_seed, make_folds
-from covidreg.engine import FittedModel, Member
+from covidreg.engine import EpochRecord, FittedModel, Member, stack_groups
 from covidreg.errors import CovidRegError
 from covidreg.experiment import LoadedData, load_data, preflight
 from covidreg.schema import resolve_features
@@ -69,6 +70,7 @@ def evaluate(
     n_folds: int,
     stride: int,
     report: Callable[[int, float], None],
+    on_history: Callable[[int, list[EpochRecord]], None] | None = None,
 ) -> list[float]:
     """Each fold's best validation RMSE for ``cfg``; the trial's objective is their mean.
 
@@ -77,17 +79,28 @@ def evaluate(
     another in this worker: the trials are what runs in parallel. ``report(step, running_rmse)``
     is called after every epoch of a stack (step ``(stack - 1) * stride + epoch``; the RMSE is
     the mean over the folds so far, each at its best) and may raise ``optuna.TrialPruned``.
+    ``on_history(k, epochs)`` receives fold k's epochs (from 1) when it ends, and a pruned
+    stack's unfinished folds' epochs so far.
     """
     data = with_features(data, cfg)
     splits = fold_splits(cfg, data, n_folds)
+    groups = stack_groups(cfg, len(splits))
     done: list[float] = []
 
     def on_fold_fitted(k: int, fitted: FittedModel) -> None:
         done.append(math.sqrt(fitted.result.best_valid_mse))
+        if on_history is not None:
+            on_history(k, fitted.result.history)
 
     def after_epoch(stack: int, epoch: int, members: list[Member]) -> None:
         current = [math.sqrt(m.stopper.best) for m in members if m.fitted is None]
-        report(stack * stride + epoch, (sum(done) + sum(current)) / (len(done) + len(current)))
+        try:
+            report(stack * stride + epoch, (sum(done) + sum(current)) / (len(done) + len(current)))
+        except optuna.TrialPruned:
+            for index, member in zip(groups[stack], members, strict=True):
+                if on_history is not None and member.fitted is None:
+                    on_history(index + 1, list(member.history))
+            raise
 
     fitted = cross_validate(
         cfg,
@@ -167,6 +180,7 @@ class TuneJob:
     pruner: str
     stride: int
     report_every: int
+    log_dir: str = ""  # where each trial's TensorBoard folder goes; "" for none
 
 
 class Interrupts:
@@ -233,13 +247,21 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob, data: Load
     Pruned trials and trials whose own config fails (a CovidRegError) are results; anything
     else propagates, and the worker loop marks the trial abandoned.
     """
+    histories: dict[int, list[EpochRecord]] = {}
     try:
         cfg = suggest_config(trial, job.cfg, job.space, job.sampler == "grid")
-        trial.set_user_attr("values", {key: getattr(cfg, key) for key in job.space.params})
+        values = {key: getattr(cfg, key) for key in job.space.params}
+        trial.set_user_attr("values", values)
         fold_rmse = evaluate(
-            cfg, data, job.n_folds, job.stride, PruningReporter(trial, job.report_every)
+            cfg,
+            data,
+            job.n_folds,
+            job.stride,
+            PruningReporter(trial, job.report_every),
+            histories.__setitem__,
         )
     except optuna.TrialPruned:
+        _log_trial(job, trial.number, values, histories, None)
         study.tell(trial, state=TrialState.PRUNED)
         return
     except SpaceMismatch:
@@ -251,7 +273,22 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob, data: Load
     # the whole config, not its difference from the defaults: those may change between versions
     trial.set_user_attr("config", to_dict(cfg))
     trial.set_user_attr("fold_rmse", fold_rmse)
+    _log_trial(job, trial.number, values, histories, float(np.mean(fold_rmse)))
     study.tell(trial, float(np.mean(fold_rmse)))
+
+
+def _log_trial(
+    job: TuneJob,
+    number: int,
+    values: dict[str, Any],
+    histories: dict[int, list[EpochRecord]],
+    objective: float | None,
+) -> None:
+    """The trial's TensorBoard folder (``--tensorboard``), written by the worker that ran it."""
+    if not job.log_dir:
+        return
+    log_dir = tensorboard_logs.trial_dir(job.log_dir, number)
+    tensorboard_logs.write_trial(log_dir, number, values, histories, objective)
 
 
 def run_worker(
