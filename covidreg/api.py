@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     ConfigLike = Config | str | Path | dict[str, Any] | None
     # the path of an HW01 CSV, or a DataFrame in the HW01 schema (with or without the target)
     DataLike = str | Path | pd.DataFrame
-HISTORY_COLUMNS = ("epoch", "train_loss", "valid_loss", "lr")
 
 
 def read_hw01(path: str | Path) -> pd.DataFrame:
@@ -43,10 +42,9 @@ def read_hw01(path: str | Path) -> pd.DataFrame:
 
 
 def _history_frame(history: list[Any]) -> pd.DataFrame:
-    import pandas as pd
+    from covidreg.engine import history_frame
 
-    rows = [(r.epoch, r.train_loss, r.valid_loss, r.lr) for r in history]
-    return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    return history_frame(history)
 
 
 def _warn(message: str | None) -> None:

@@ -221,17 +221,14 @@ class CovidRegressor(RegressorMixin, BaseEstimator):
         return replace(cfg, batch_size=n_train)
 
     def _store(self, cfg: Config, columns: np.ndarray, fitted: Any) -> None:
-        import pandas as pd
+        from covidreg.engine import history_frame
 
         result = fitted.result
         self.config_ = cfg
         self.target_ = cfg.target
         self.columns_ = columns
         self.model_ = fitted.model.cpu().eval()
-        self.history_ = pd.DataFrame(
-            [(r.epoch, r.train_loss, r.valid_loss, r.lr) for r in result.history],
-            columns=["epoch", "train_loss", "valid_loss", "lr"],
-        )
+        self.history_ = history_frame(result.history)
         self.best_epoch_ = result.best_epoch
         self.valid_rmse_ = math.sqrt(result.best_valid_mse)
         self.n_iter_ = len(result.history)
