@@ -211,7 +211,7 @@ def train(
                 result = run_train(cfg, out, on_epoch=display.on_epoch, on_start=display.on_start)
             progress.train_summary(result, quiet)
             return
-        from covidreg.cv import FoldEvents
+        from covidreg.crossval import FoldEvents
         from covidreg.seeds import train_seeds
 
         data = check_train_inputs(cfg)
@@ -244,7 +244,7 @@ def cv(
 
     with user_errors():
         cfg = resolve_config(config, overrides)
-        from covidreg.cv import check_cv_inputs, run_cv
+        from covidreg.crossval import check_cv_inputs, run_cv
 
         if seeds < 1:
             fail(f"--seeds must be 1 or more, got {seeds}")
@@ -387,7 +387,7 @@ def predict_command(
     from covidreg import progress
 
     with user_errors():
-        from covidreg.predict import run_predict
+        from covidreg.inference import run_predict
 
         result = run_predict(model, test_csv, out)
         progress.predict_summary(result, quiet)

@@ -160,7 +160,7 @@ class _Prepared:
 
 def prepare(variants: list[Variant], n_folds: int | None, n_seeds: int) -> list[_Prepared]:
     """Read the data once per distinct input and check every variant against it."""
-    from covidreg.cv import make_folds
+    from covidreg.crossval import make_folds
     from covidreg.seeds import seed_list
 
     read: dict[tuple[str, tuple[str, ...]], LoadedData] = {}
@@ -264,7 +264,7 @@ def found_lrs(fitted: list[FittedModel]) -> list[float]:
 
 def cross_validate_variant(variant: Variant, prepared: _Prepared, n_seeds: int) -> VariantResult:
     """The variant's folds x seeds, each seed's folds trained as ``covidreg cv`` trains them."""
-    from covidreg.cv import cross_validate, mean_std
+    from covidreg.crossval import cross_validate, mean_std
     from covidreg.seeds import seed_list
 
     fitted: list[FittedModel] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -315,6 +316,48 @@ def resolve_config(
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = coerce_value(key, value, "command-line flags", parse_text=True)
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def _python_value(value: Any) -> Any:
+    """A Python value as TOML would give it: tuples as lists, numpy scalars as int / float."""
+    if isinstance(value, (tuple, list)):
+        return [_python_value(v) for v in value]
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    # numpy's integers and floats register as numbers.Integral / numbers.Real
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
+def config_from(
+    config: Config | str | Path | dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    source: str = "keyword arguments",
+) -> Config:
+    """The config of a call from Python: ``config`` (a Config, a TOML file or a dict), then
+    ``overrides``. Values are Python values, checked as a TOML file's are (``lr=3e-3``,
+    ``hidden=[32, 16]``); an unknown key or a bad value is an error naming the key."""
+    if config is None:
+        values: dict[str, Any] = {}
+    elif isinstance(config, (Config, dict)):
+        given = to_dict(config) if isinstance(config, Config) else config
+        what = "the Config" if isinstance(config, Config) else "the config dict"
+        values = {k: coerce_value(k, _python_value(v), what) for k, v in given.items()}
+    elif isinstance(config, (str, Path)):
+        values = load_toml(config)
+    else:
+        raise CovidRegError(
+            f"config must be a covidreg.Config, the path of a TOML file or a dict, got "
+            f"{type(config).__name__}"
+        )
+    for key, value in (overrides or {}).items():
+        values[key] = coerce_value(key, _python_value(value), source)
     cfg = Config(**values)
     validate(cfg)
     return cfg

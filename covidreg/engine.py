@@ -421,6 +421,14 @@ def history_columns(history: list[EpochRecord]) -> dict[str, torch.Tensor]:
     }
 
 
+def history_frame(history: list[EpochRecord]) -> Any:
+    """The history as a pandas DataFrame with history.csv's columns."""
+    import pandas as pd
+
+    rows = [(r.epoch, r.train_loss, r.valid_loss, r.lr) for r in history]
+    return pd.DataFrame(rows, columns=["epoch", "train_loss", "valid_loss", "lr"])
+
+
 def history_records(saved: dict[str, torch.Tensor]) -> list[EpochRecord]:
     """``history_columns`` read back (float64 holds each Python float exactly)."""
     columns = [saved[k].tolist() for k in ("epoch", "train_loss", "valid_loss", "lr")]

@@ -6,3 +6,7 @@ class CovidRegError(Exception):
 
     The message says what is wrong, where (file, row, column or key) and how to fix it.
     """
+
+
+class MissingDependency(CovidRegError, ImportError):
+    """An optional dependency is not installed; the message says how to install it."""

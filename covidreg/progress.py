@@ -91,10 +91,45 @@ def epoch_display(quiet: bool, total: int | None = None) -> Iterator[EpochDispla
         display.finish()
 
 
+class NotebookProgress(Progress):
+    """Progress bars in Jupyter: rich's live display draws there only through ipywidgets, so
+    this one shows its table in one IPython output, replaced in place (a display id) at each
+    update; every notebook front end renders that, and an executed notebook keeps the last."""
+
+    _started = False
+    _handle: Any = None
+
+    def start(self) -> None:
+        self._started = not self.disable
+
+    def refresh(self) -> None:
+        # shown with its first task, below what was printed since start (as in a terminal)
+        if not self._started or not self.tasks:
+            return
+        if self._handle is None:
+            from IPython.display import display
+
+            self._handle = display(self, display_id=True)
+        else:
+            self._handle.update(self)
+
+    def stop(self) -> None:
+        self.refresh()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self.refresh()
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        super().advance(*args, **kwargs)
+        self.refresh()
+
+
 def _bar(*fields: str, **options: Any) -> Progress:
     """A progress bar: the task's name, the bar, done/total, ``fields`` (text templates over
-    the task's fields) and the time elapsed, on stderr."""
-    return Progress(
+    the task's fields) and the time elapsed, on stderr (in Jupyter, in the cell's output)."""
+    progress = NotebookProgress if err_console.is_jupyter else Progress
+    return progress(
         TextColumn("[bold blue]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

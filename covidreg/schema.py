@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,18 +208,21 @@ def _parse_cells(path: Path, what: str, n_cols: int, has_target: bool) -> np.nda
     return array
 
 
-def _check_rows(array: np.ndarray, path: Path, what: str) -> None:
+def _check_rows(
+    array: np.ndarray, where: str, row_label: Callable[[int], str] = _row_label
+) -> None:
+    """ids integer and unique, the state one-hot one-hot; ``where`` names the file or frame."""
     ids = array[:, 0]
     not_int = (ids != np.round(ids)) | (np.abs(ids) >= 2.0**63)
     if not_int.any():
         row = int(np.argmax(not_int))
-        raise CovidRegError(f"{what} {path}, {_row_label(row)}, column 'id': not an integer id")
+        raise CovidRegError(f"{where}, {row_label(row)}, column 'id': not an integer id")
     onehot = array[:, 1 : 1 + len(STATES)]
     not_binary = ~np.isin(onehot, (0.0, 1.0))
     if not_binary.any():
         row, col = map(int, np.argwhere(not_binary)[0])
         raise CovidRegError(
-            f"{what} {path}, {_row_label(row)}, column '{STATES[col]}': state columns must be 0 "
+            f"{where}, {row_label(row)}, column '{STATES[col]}': state columns must be 0 "
             "or 1, "
             f"got {onehot[row, col]:g}"
         )
@@ -227,7 +230,7 @@ def _check_rows(array: np.ndarray, path: Path, what: str) -> None:
     if np.any(sums != 1):
         row = int(np.argmax(sums != 1))
         raise CovidRegError(
-            f"{what} {path}, {_row_label(row)}, columns AL..WI: the state one-hot has "
+            f"{where}, {row_label(row)}, columns AL..WI: the state one-hot has "
             f"{int(sums[row])} ones, expected exactly 1"
         )
     unique, counts = np.unique(ids, return_counts=True)
@@ -235,8 +238,8 @@ def _check_rows(array: np.ndarray, path: Path, what: str) -> None:
         repeated = unique[counts > 1][0]
         first, second = np.flatnonzero(ids == repeated)[:2]
         raise CovidRegError(
-            f"{what} {path}: id {int(repeated)} appears twice, at {_row_label(int(first))} and "
-            f"{_row_label(int(second))}"
+            f"{where}: id {int(repeated)} appears twice, at {row_label(int(first))} and "
+            f"{row_label(int(second))}"
         )
 
 
@@ -252,7 +255,7 @@ def read_hw01_csv(
     header = _read_header(path, what)
     has_target = _check_header(header, path, what, require_target)
     array = _parse_cells(path, what, len(header), has_target)
-    _check_rows(array, path, what)
+    _check_rows(array, f"{what} {path}")
     n_features = len(FEATURE_NAMES)
     return HW01Table(
         path=str(path),
@@ -330,3 +333,103 @@ def fit_standardization(x_train: np.ndarray, names: Sequence[str]) -> tuple[np.n
     constant = np.all(x == x[:1], axis=0) | (std < 1e-12)
     std[constant] = 1.0  # a constant feature: centre it, do not divide by zero
     return mean, std
+
+
+# --- pandas frames ------------------------------------------------------------------------------
+
+
+def _pandas_names(header: Sequence[str]) -> list[str]:
+    """The column names ``pandas.read_csv`` gives a header with repeated names (cli, cli.1...)."""
+    seen: dict[str, int] = {}
+    names = []
+    for name in header:
+        count = seen.get(name, 0)
+        names.append(name if count == 0 else f"{name}.{count}")
+        seen[name] = count + 1
+    return names
+
+
+#: ``pandas.read_csv`` of a training file: id, the states, cli ... tested_positive.2.
+PANDAS_HEADER: tuple[str, ...] = tuple(_pandas_names(TRAIN_HEADER))
+
+
+def hw01_frame(table: HW01Table) -> Any:
+    """A validated file as a DataFrame indexed by id: the feature names, then the target."""
+    import pandas as pd
+
+    frame = pd.DataFrame(table.features, columns=list(FEATURE_NAMES))
+    if table.target is not None:
+        frame[TARGET] = table.target
+    frame.index = pd.Index(table.ids, name="id")
+    return frame
+
+
+def _frame_parts(frame: Any, what: str) -> tuple[Any, Any, Any]:
+    """ids (or None), the 93 feature columns and the target column (or None) of a frame named
+    by feature (``hw01_frame``) or by the raw header (``pandas.read_csv`` of an HW01 file)."""
+    columns = [str(c) for c in frame.columns]
+    ids = frame["id"] if "id" in columns else None
+    if all(name in columns for name in FEATURE_NAMES):
+        target = frame[TARGET] if TARGET in columns else None
+        return ids, frame[list(FEATURE_NAMES)], target
+    raw = columns if "id" in columns else ["id", *columns]
+    if raw in (list(PANDAS_HEADER), list(PANDAS_HEADER[:-1])):
+        start = 1 if "id" in columns else 0
+        features = frame.iloc[:, start : start + len(FEATURE_NAMES)]
+        target = frame.iloc[:, -1] if len(raw) == len(PANDAS_HEADER) else None
+        return ids, features, target
+    missing = [name for name in FEATURE_NAMES if name not in columns]
+    raise CovidRegError(
+        f"{what} lacks the HW01 feature column '{missing[0]}' ({len(missing)} of "
+        f"{len(FEATURE_NAMES)} missing); pass covidreg.read_hw01(path), or pandas.read_csv of an "
+        "HW01 file"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds, for messages."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _frame_numbers(part: Any, names: Sequence[str], what: str) -> np.ndarray:
+    """The cells as float64; a cell that is not a finite number is an error naming it."""
+    import pandas as pd
+
+    values = part.apply(lambda col: pd.to_numeric(col, errors="coerce"))
+    array = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise CovidRegError(
+            f"{what}, row {row} (index {_plain(part.index[row])!r}), column '{names[col]}': "
+            f"{_plain(part.iat[row, col])!r} is not a finite number; fix or drop the row"
+        )
+    return array.reshape(len(part), -1)
+
+
+def table_from_frame(frame: Any, what: str = "DataFrame") -> HW01Table:
+    """A DataFrame in the HW01 schema (with or without the target) as a validated table.
+
+    Columns by feature name (``hw01_frame``, ``covidreg.read_hw01``) or as ``pandas.read_csv``
+    names an HW01 file's; the ids come from an ``id`` column or index, else 0, 1, 2...
+    """
+    import pandas as pd
+
+    ids, features, target = _frame_parts(frame, what)
+    if len(frame) == 0:
+        raise CovidRegError(f"{what} has no rows")
+    if ids is None:
+        ids = frame.index if frame.index.name == "id" else np.arange(len(frame))
+    ids = pd.DataFrame({"id": np.asarray(ids)}, index=frame.index)
+    parts = [_frame_numbers(ids, ["id"], what), _frame_numbers(features, FEATURE_NAMES, what)]
+    if target is not None:
+        parts.append(_frame_numbers(target.to_frame(), [TARGET], what))
+    array = np.hstack(parts)
+    _check_rows(array, what, lambda row: f"row {row} (index {_plain(frame.index[row])!r})")
+    n_features = len(FEATURE_NAMES)
+    return HW01Table(
+        path=what,
+        ids=array[:, 0].astype(np.int64),
+        features=np.ascontiguousarray(array[:, 1 : 1 + n_features]),
+        target=array[:, 1 + n_features].copy() if target is not None else None,
+    )

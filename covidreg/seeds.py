@@ -10,7 +10,7 @@ from typing import Any
 
 from covidreg import artifacts, tensorboard_logs
 from covidreg.config import Config
-from covidreg.cv import FoldEvents, mean_std
+from covidreg.crossval import FoldEvents, mean_std
 from covidreg.engine import FittedModel
 from covidreg.experiment import LoadedData
 
@@ -75,7 +75,7 @@ def train_seeds(
     A seed's model is the bits of its stack: rerunning the same ``--seeds`` command repeats
     them; ``covidreg train --seed s`` trains the same model alone, equal to float rounding.
     """
-    from covidreg.cv import cross_validate
+    from covidreg.crossval import cross_validate
     from covidreg.experiment import RunResult, run_metrics, write_run
     from covidreg.splits import holdout_split
 
@@ -132,7 +132,7 @@ def _summarize(cfg: Config, run_dir: Path, runs: list[SeedRun], data: LoadedData
         test = read_hw01_csv(cfg.test_csv, require_target=False, what="test CSV")
     if test is not None:
         # the seed models' (or seed x fold models') average: an ensemble is steadier than a run
-        from covidreg.predict import ensemble_predict, load_models
+        from covidreg.inference import ensemble_predict, load_models
 
         pred = ensemble_predict(load_models(run_dir), test)
         artifacts.write_predictions(run_dir / "pred.csv", test.ids, pred)

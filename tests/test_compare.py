@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from covidreg.cli import app
 from covidreg.compare import MAX_VARIANTS, make_variants, parse_values
-from covidreg.cv import mean_std
+from covidreg.crossval import mean_std
 from covidreg.errors import CovidRegError
 from tests.conftest import synthetic_rows, write_hw01_csv
 

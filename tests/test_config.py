@@ -348,3 +348,46 @@ def test_a_bad_lr_says_a_number_or_auto() -> None:
 def test_lr_auto_refuses_a_separate_output_rate() -> None:
     with pytest.raises(CovidRegError, match="leave output_lr at 0"):
         resolve_config(None, {"lr": "auto", "output_lr": "0.01"})
+
+
+def test_config_from_takes_a_config_a_toml_file_or_a_dict_then_python_values(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+
+    from covidreg.config import config_from
+
+    toml = write_toml(tmp_path, 'lr = 0.01\nhidden = [32, 8]\nfeatures = ["cli_d1", "ili_d1"]\n')
+    from_file = config_from(toml)
+    assert from_file == Config(lr=0.01, hidden=[32, 8], features=["cli_d1", "ili_d1"])
+    assert config_from(from_file) == from_file
+    assert config_from(to_dict(from_file)) == from_file
+    # overrides win; tuples are lists, numpy scalars the numbers they hold, a str list splits
+    cfg = config_from(
+        from_file, {"hidden": (4,), "epochs": np.int64(7), "lr": np.float32(0.5), "features": "all"}
+    )
+    assert (cfg.hidden, cfg.epochs, cfg.lr, cfg.features) == ([4], 7, 0.5, ["all"])
+    assert type(cfg.epochs) is int and type(cfg.lr) is float
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        (None, {"lr": "0.01"}, r"^config key 'lr' in keyword arguments must be a number or auto"),
+        (
+            None,
+            {"lr": "0.01"},
+            r"^config key 'lr' in keyword arguments must be a number or auto, got '0.01'",
+        ),
+        (None, {"normalize": 1}, r"^config key 'normalize' in keyword arguments must be bool"),
+        (None, {"dropout": 1.5}, r"^config key 'dropout' must be in \[0, 1\), got 1.5$"),
+        ({"hidden": 16}, {}, r"^config key 'hidden' in the config dict must be a non-empty list"),
+        (Config(epochs="10"), {}, r"^config key 'epochs' in the Config must be int, got '10'$"),  # type: ignore[arg-type]
+        (3, {}, r"^config must be a covidreg.Config, the path of a TOML file or a dict, got int$"),
+    ],
+)
+def test_config_from_rejects_by_name(config: Any, overrides: dict[str, Any], message: str) -> None:
+    from covidreg.config import config_from
+
+    with pytest.raises(CovidRegError, match=message):
+        config_from(config, overrides)

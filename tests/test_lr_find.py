@@ -183,7 +183,7 @@ def test_lr_auto_trains_as_the_found_rate_given_as_a_number(
 def test_cv_lr_auto_finds_each_folds_rate_on_its_own_training_rows(
     hw01_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    from covidreg.cv import fold_seed, make_folds
+    from covidreg.crossval import fold_seed, make_folds
     from covidreg.experiment import load_data
     from covidreg.lr_find import find_rate
     from covidreg.schema import feature_columns, select

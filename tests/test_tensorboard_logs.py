@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from covidreg import tensorboard_logs
 from covidreg.cli import app
 from covidreg.config import resolve_config
-from covidreg.cv import make_folds
+from covidreg.crossval import make_folds
 from covidreg.engine import EarlyStopping, EpochRecord
 from covidreg.experiment import STATE_FILE, load_data, resume_train, run_train
 from covidreg.tune import workers
@@ -276,7 +276,7 @@ NOTHING_IMPORTED = """
 import json, sys
 from pathlib import Path
 from covidreg.config import resolve_config
-from covidreg.cv import run_cv
+from covidreg.crossval import run_cv
 from covidreg.experiment import run_train
 
 train_csv, out = sys.argv[1], Path(sys.argv[2])

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from covidreg.cli import app
 from covidreg.config import from_dict, resolve_config
-from covidreg.cv import run_cv
+from covidreg.crossval import run_cv
 from covidreg.experiment import load_data
 from covidreg.tune import workers
 from covidreg.tune.space import base_config, load_search_space

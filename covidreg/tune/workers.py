@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from covidreg import tensorboard_logs
 from covidreg.config import Config, to_dict
-from covidreg.cv import FoldEvents, cross_validate, fold_seed, make_folds
+from covidreg.crossval import FoldEvents, cross_validate, fold_seed, make_folds
 from covidreg.engine import EpochRecord, FittedModel, Member, stack_groups
 from covidreg.errors import CovidRegError
 from covidreg.experiment import LoadedData, load_data, preflight

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from covidreg.cli import app
 from covidreg.experiment import STATE_FILE
-from covidreg.predict import find_models, load_model
+from covidreg.inference import find_models, load_model
 from tests.conftest import interrupted_run_dir, synthetic_rows, write_hw01_csv
 
 runner = CliRunner()

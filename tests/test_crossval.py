@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from covidreg.baselines import RIDGE_ALPHA
 from covidreg.cli import app
 from covidreg.config import resolve_config
-from covidreg.cv import fold_seed, make_folds
+from covidreg.crossval import fold_seed, make_folds
 from covidreg.engine import predict
 from covidreg.experiment import load_data
-from covidreg.predict import load_model
+from covidreg.inference import load_model
 from covidreg.processes import can_fork
 from covidreg.schema import FEATURE_NAMES, PRESETS
 from covidreg.splits import make_kfold, within_state_position
