@@ -31,6 +31,7 @@ from covidreg.config import FIELDS, Config, coerce_value, is_list, resolve_confi
 from covidreg.engine import DivergedAtOnce, EpochRecord, FitResult, FittedModel, build_member
 from covidreg.errors import CovidRegError
 from covidreg.experiment import LoadedData, fit_model, load_data, preflight
+from covidreg.model import init_warning
 from covidreg.schema import feature_columns, select
 from covidreg.splits import holdout_split
 
@@ -144,6 +145,10 @@ def make_variants(
         chosen = dict(zip(values, combo, strict=True))
         cfg = resolve_config(config_path, {k: show_value(v) for k, v in chosen.items()})
         variants.append(Variant({k: chosen[k] for k in keys}, cfg))
+    for variant in variants:  # a symmetric init is one of the things people compare
+        warning = init_warning(variant.cfg)
+        if warning:
+            warnings.append(f"{variant.name}: {warning}")
     return variants, keys, warnings
 
 

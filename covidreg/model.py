@@ -245,14 +245,20 @@ def init_weights(model: nn.Module, cfg: Config) -> None:
 
 
 def init_warning(cfg: Config) -> str | None:
-    """Why a symmetric init will not train well (allowed: people try it to see it fail)."""
-    if cfg.init in ("zeros", "constant") and (cfg.hidden or cfg.init == "zeros"):
+    """What a symmetric init does to the hidden units (allowed: people try it to see it fail)."""
+    if cfg.init not in ("zeros", "constant") or not cfg.hidden:
+        return None  # without hidden units there is no symmetry to break
+    same = f"init '{cfg.init}' gives every hidden unit of a layer the same weights"
+    if cfg.bias_init in ("zeros", "constant"):
         return (
-            f"init '{cfg.init}' gives every hidden unit the same weights: they receive the same "
-            "gradients and stay identical (the symmetry is never broken), so the network "
-            "behaves like one unit per layer"
+            f"{same} and bias_init '{cfg.bias_init}' the same bias: the units receive the same "
+            "gradients and stay identical (the symmetry is never broken), so each layer "
+            "behaves like one unit"
         )
-    return None
+    return (
+        f"{same}: only their random default biases tell them apart, so the symmetry is broken "
+        "by the biases alone (with bias_init zeros or constant the units would stay identical)"
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -15,6 +15,7 @@ from covidreg.cli import app
 from covidreg.compare import MAX_VARIANTS, make_variants, parse_values
 from covidreg.crossval import mean_std
 from covidreg.errors import CovidRegError
+from covidreg.model import init_warning
 from tests.conftest import synthetic_rows, write_hw01_csv
 
 runner = CliRunner()
@@ -260,3 +261,9 @@ def test_a_fold_diverging_at_once_fails_leaving_nothing(
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1].startswith("error: training diverged at epoch 1")
     assert not out.exists()
+
+
+def test_a_symmetric_init_variant_is_warned_about() -> None:
+    variants, _, warnings = make_variants(None, {"init": "zeros,default"})
+    assert len(variants) == 2
+    assert warnings == [f"init=zeros: {init_warning(variants[0].cfg)}"]

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import math
 import pickle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -316,9 +317,37 @@ def test_every_configurable_scheme_is_applied(scheme: str) -> None:
 def test_init_warning_only_for_symmetric_schemes(scheme: str) -> None:
     warning = init_warning(config(init=scheme))
     if scheme in ("zeros", "constant"):
-        assert warning is not None and "symmetry" in warning
+        assert warning is not None and "broken by the biases alone" in warning
+        assert "stay identical (the symmetry is never broken)" in str(
+            init_warning(config(init=scheme, bias_init="zeros"))
+        )
+        assert init_warning(config(init=scheme, hidden=[])) is None  # a linear model
     else:
         assert warning is None
+
+
+@pytest.mark.parametrize(("bias_init", "identical"), [("constant", True), ("default", False)])
+def test_what_the_init_warning_says_is_what_training_does(
+    hw01_files: dict[str, Path], bias_init: str, identical: bool
+) -> None:
+    from covidreg.experiment import fit_model, load_data
+    from covidreg.splits import holdout_split
+
+    cfg = config(
+        init="zeros",
+        bias_init=bias_init,
+        train_csv=str(hw01_files["train"]),
+        test_csv="",
+        epochs=20,
+        batch_size=16,
+        patience=0,
+    )
+    data = load_data(cfg)
+    train_idx, valid_idx = holdout_split(data.train.states, "blocked", 0.2, 42, 2)
+    fitted = fit_model(cfg, data, train_idx, valid_idx, cfg.seed)
+    rows = fitted.model.linears()[0].weight.detach()
+    assert bool((rows == rows[0]).all()) == identical
+    assert not bool((rows == 0).all())  # the weights did move
 
 
 def test_unknown_init_scheme() -> None:
