@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from covidreg import artifacts, tensorboard_logs
-from covidreg.config import FIELDS, Config, coerce_value, is_list, resolve_config
+from covidreg.config import FIELDS, Config, coerce_value, field_kind, is_list, resolve_config
 from covidreg.engine import DivergedAtOnce, EpochRecord, FitResult, FittedModel, build_member
 from covidreg.errors import CovidRegError
 from covidreg.experiment import LoadedData, fit_model, load_data, preflight
@@ -100,6 +100,8 @@ def parse_values(key: str, text: str) -> list[Any]:
     if key not in FIELDS:
         coerce_value(key, text, "command-line flags")  # the unknown-key error, naming the key
     separator = ";" if is_list(key) else ","
+    if field_kind(key) is str and not is_list(key) and not str(text).strip():
+        return [""]  # one empty value, as in train: --test-csv '' (no test CSV)
     items = [item.strip() for item in str(text).split(separator)]
     if any(not item for item in items):
         raise CovidRegError(

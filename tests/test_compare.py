@@ -54,6 +54,12 @@ def grid_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 # --- the variants -------------------------------------------------------------------------------
 
 
+def test_an_empty_text_value_is_one_value_as_in_train() -> None:
+    assert parse_values("test_csv", "") == [""]
+    with pytest.raises(CovidRegError, match="has an empty value"):
+        parse_values("lr", "1e-3,")
+
+
 def test_list_keys_take_semicolons_and_scalars_commas() -> None:
     assert parse_values("hidden", "16; 32,8") == [[16], [32, 8]]
     assert parse_values("lr", "1e-3,1e-2") == [1e-3, 1e-2]
