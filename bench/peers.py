@@ -1,0 +1,242 @@
+"""Other libraries' regressors on covidreg's folds, each used as its own documentation shows.
+
+Every peer is one function ``fit_predict(fold, seed) -> predictions of the fold's validation
+rows``; ``peer_fold_rmse`` runs one peer over every fold and seed, so the loop over folds and
+seeds, the feature selection and the RMSE are written once. The peers predict the plain level
+(day-3 ``tested_positive``), as a user of these libraries would; ``delta_target`` wraps a peer
+to predict the change from ``tested_positive_d2`` instead, as covidreg's default does.
+
+Early stopping needs validation rows of its own, never the fold's: scikit-learn's MLP holds out
+its documented random ``validation_fraction``; skorch and LightGBM fit on the rest of the
+training fold and stop on its blocked tail (``inner_blocked_split``: covidreg's blocked holdout,
+the last ``valid_ratio`` of each state's training days with ``purge`` windows before them
+dropped, the split of ``covidreg train``). ``covidreg_protocol`` makes a peer fit on the whole
+training fold and stop on the fold's validation rows instead, as ``covidreg cv`` does.
+
+These libraries are bench dependencies (the ``bench`` extra), never covidreg's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import lightgbm as lgb
+import numpy as np
+import torch
+from sklearn.linear_model import RidgeCV
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from skorch import NeuralNetRegressor
+from skorch.callbacks import EarlyStopping
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
+from skorch.utils import noop
+from threadpoolctl import threadpool_limits
+
+from covidreg.baselines import rmse
+from covidreg.config import Config
+from covidreg.cv import fold_seed
+from covidreg.schema import HW01Table, feature_columns
+from covidreg.splits import holdout_split
+
+HIDDEN = 16  # covidreg's default network: one hidden layer of 16 ReLU units
+RIDGE_ALPHAS = np.logspace(-3, 3, 13)  # RidgeCV's grid: 1e-3 ... 1e3, two points a decade
+SKORCH_MAX_EPOCHS = 300
+SKORCH_PATIENCE = 20  # epochs without a 1e-4 relative improvement of the inner valid loss
+LGB_MAX_ROUNDS = 2000
+LGB_PATIENCE = 50  # boosting rounds without improvement on the inner valid rows
+
+
+@dataclass
+class Fold:
+    """One fold's rows, and the rows that early-stopping peers fit on and stop on."""
+
+    x_train: np.ndarray  # float64 [n_train, n_features], raw (each peer scales its own way)
+    y_train: np.ndarray  # float64 [n_train]
+    x_valid: np.ndarray  # the rows to predict
+    x_fit: np.ndarray  # what early-stopping peers fit on ...
+    y_fit: np.ndarray
+    x_stop: np.ndarray  # ... and the rows whose loss stops them
+    y_stop: np.ndarray
+
+
+FitPredict = Callable[[Fold, int], np.ndarray]
+
+
+@dataclass
+class Peer:
+    name: str  # the row label
+    fit_predict: FitPredict
+    seeded: bool  # False: the same fit whatever the seed (the seed spread is zero)
+    stop_on_valid: bool = False  # see make_fold
+
+
+def inner_blocked_split(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """covidreg's blocked holdout of the training fold's rows (default valid_ratio, purge)."""
+    cfg = Config()
+    return holdout_split(states, "blocked", cfg.valid_ratio, purge=cfg.purge)
+
+
+def make_fold(
+    table: HW01Table,
+    feature_names: list[str],
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    stop_on_valid: bool = False,
+) -> Fold:
+    """``stop_on_valid``: ``covidreg cv``'s way, fit on the whole training fold and stop on
+    the fold's validation rows (the rows that are then scored)."""
+    x, y = table.features[:, feature_columns(feature_names)], table.target
+    x_train, y_train = x[train_idx], y[train_idx]
+    if stop_on_valid:
+        return Fold(x_train, y_train, x[valid_idx], x_train, y_train, x[valid_idx], y[valid_idx])
+    fit, stop = inner_blocked_split(table.states[train_idx])
+    return Fold(
+        x_train, y_train, x[valid_idx], x_train[fit], y_train[fit], x_train[stop], y_train[stop]
+    )
+
+
+# --- the peers ----------------------------------------------------------------------------------
+
+
+def ridge_cv(fold: Fold, seed: int) -> np.ndarray:
+    """scikit-learn RidgeCV on standardised features; alpha by its efficient leave-one-out."""
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
+    return model.fit(fold.x_train, fold.y_train).predict(fold.x_valid)
+
+
+def sklearn_mlp(fold: Fold, seed: int) -> np.ndarray:
+    """scikit-learn MLPRegressor, 16 ReLU units, Adam, early stopping on its random 10%."""
+    mlp = MLPRegressor(
+        hidden_layer_sizes=(HIDDEN,), early_stopping=True, max_iter=1000, random_state=seed
+    )
+    model = make_pipeline(StandardScaler(), mlp)
+    return model.fit(fold.x_train, fold.y_train).predict(fold.x_valid)
+
+
+def skorch_mlp(fold: Fold, seed: int) -> np.ndarray:
+    """skorch NeuralNetRegressor: covidreg's default network and optimiser (Adam, lr 1e-3,
+    batch 64), stopped by skorch's EarlyStopping on the stopping rows (``predefined_split``)."""
+    torch.manual_seed(seed)  # the module's init and the shuffling of the mini-batches
+    scaler = StandardScaler().fit(fold.x_fit)
+
+    def scaled(x: np.ndarray) -> np.ndarray:  # skorch wants float32 inputs
+        return scaler.transform(x).astype(np.float32)
+
+    def column(y: np.ndarray) -> np.ndarray:  # ... and a 2-d float32 regression target
+        return y.astype(np.float32).reshape(-1, 1)
+
+    n_features = fold.x_train.shape[1]
+    module = torch.nn.Sequential(
+        torch.nn.Linear(n_features, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 1)
+    )
+    net = NeuralNetRegressor(
+        module,
+        optimizer=torch.optim.Adam,
+        lr=1e-3,
+        batch_size=64,
+        max_epochs=SKORCH_MAX_EPOCHS,
+        iterator_train__shuffle=True,
+        iterator_valid__batch_size=len(fold.x_stop),  # the stopping loss in one batch
+        train_split=predefined_split(Dataset(scaled(fold.x_stop), column(fold.y_stop))),
+        callbacks=[EarlyStopping(patience=SKORCH_PATIENCE, load_best=True, sink=noop)],
+        verbose=0,
+    )
+    net.fit(scaled(fold.x_fit), column(fold.y_fit))
+    return net.predict(scaled(fold.x_valid)).ravel().astype(np.float64)
+
+
+def lightgbm_gbm(fold: Fold, seed: int) -> np.ndarray:
+    """LightGBM LGBMRegressor (default trees, learning rate 0.05), early stopping on the
+    stopping rows; trees need no scaling."""
+    model = lgb.LGBMRegressor(
+        n_estimators=LGB_MAX_ROUNDS,
+        learning_rate=0.05,
+        random_state=seed,
+        deterministic=True,
+        force_row_wise=True,
+        n_jobs=1,
+        verbose=-1,
+    )
+    model.fit(
+        fold.x_fit,
+        fold.y_fit,
+        eval_X=fold.x_stop,
+        eval_y=fold.y_stop,
+        callbacks=[lgb.early_stopping(LGB_PATIENCE, verbose=False)],
+    )
+    return model.predict(fold.x_valid)  # at the best iteration
+
+
+PEERS = [
+    Peer("scikit-learn RidgeCV", ridge_cv, seeded=False),
+    Peer("scikit-learn MLPRegressor", sklearn_mlp, seeded=True),
+    Peer("skorch NeuralNetRegressor", skorch_mlp, seeded=True),
+    Peer("LightGBM LGBMRegressor", lightgbm_gbm, seeded=True),
+]
+
+
+@dataclass(frozen=True)
+class DeltaTarget:
+    """A peer's fit_predict on the change from feature ``skip``, added back (a class, not a
+    closure, so that a peer pickles into a worker process)."""
+
+    fit_predict: FitPredict
+    skip: int
+
+    def __call__(self, fold: Fold, seed: int) -> np.ndarray:
+        skip = self.skip
+        change = replace(
+            fold,
+            y_train=fold.y_train - fold.x_train[:, skip],
+            y_fit=fold.y_fit - fold.x_fit[:, skip],
+            y_stop=fold.y_stop - fold.x_stop[:, skip],
+        )
+        return self.fit_predict(change, seed) + fold.x_valid[:, skip]
+
+
+def delta_target(peer: Peer, skip: int) -> Peer:
+    """``peer`` fitted to the change from feature ``skip`` (tested_positive_d2)."""
+    name = f"{peer.name}, delta target"
+    return replace(peer, name=name, fit_predict=DeltaTarget(peer.fit_predict, skip))
+
+
+def covidreg_protocol(peer: Peer) -> Peer:
+    """``peer`` stopped on the fold's validation rows, as ``covidreg cv`` stops its networks."""
+    name = f"{peer.name}, stopped on the fold's valid rows as covidreg cv"
+    return replace(peer, name=name, stop_on_valid=True)
+
+
+# --- running them -------------------------------------------------------------------------------
+
+
+def peer_fold_rmse(
+    peer: Peer,
+    table: HW01Table,
+    feature_names: list[str],
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    seeds: list[int],
+) -> np.ndarray:
+    """Valid RMSE [seed, fold]; fold k (from 1) of run seed s fits with ``fold_seed(s, k)``,
+    the seed covidreg's fold k gets, reduced to LightGBM's 31-bit range."""
+    built = [
+        make_fold(table, feature_names, train, valid, peer.stop_on_valid) for train, valid in folds
+    ]
+    targets = [table.target[valid] for _, valid in folds]
+    # one thread: the same bits whatever the core count, and no oversubscribed shared cores
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        if not peer.seeded:  # one fit per fold, the same for every seed
+            row = [rmse(peer.fit_predict(f, 0), t) for f, t in zip(built, targets, strict=True)]
+            return np.tile(row, (len(seeds), 1))
+        return np.array(
+            [
+                [
+                    rmse(peer.fit_predict(f, fold_seed(s, k) % 2**31), t)
+                    for k, (f, t) in enumerate(zip(built, targets, strict=True), start=1)
+                ]
+                for s in seeds
+            ]
+        )
