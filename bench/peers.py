@@ -37,7 +37,7 @@ from threadpoolctl import threadpool_limits
 
 from covidreg.baselines import rmse
 from covidreg.config import Config
-from covidreg.cv import fold_seed
+from covidreg.crossval import fold_seed
 from covidreg.schema import HW01Table, feature_columns
 from covidreg.splits import holdout_split
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's covidreg, whatever is installed
 from peers import PEERS, Peer, covidreg_protocol, delta_target, peer_fold_rmse  # noqa: E402
 
 from covidreg.config import Config  # noqa: E402
-from covidreg.cv import make_folds  # noqa: E402
+from covidreg.crossval import make_folds  # noqa: E402
 from covidreg.experiment import load_data  # noqa: E402
 from covidreg.schema import FEATURE_NAMES, resolve_features  # noqa: E402
 from covidreg.seeds import seed_list  # noqa: E402
