@@ -28,11 +28,10 @@ import numpy as np
 
 from covidreg import artifacts, tensorboard_logs
 from covidreg.config import FIELDS, Config, coerce_value, field_kind, is_list, resolve_config
-from covidreg.engine import DivergedAtOnce, EpochRecord, FitResult, FittedModel, build_member
+from covidreg.engine import DivergedAtOnce, EpochRecord, FitResult, FittedModel
 from covidreg.errors import CovidRegError
-from covidreg.experiment import LoadedData, fit_model, load_data, preflight
+from covidreg.experiment import LoadedData, fit_model, load_data, member_for, preflight
 from covidreg.model import init_warning
-from covidreg.schema import feature_columns, select
 from covidreg.splits import holdout_split
 
 MAX_VARIANTS = 64
@@ -206,9 +205,7 @@ def train_holdouts(
     def members_of(i: int) -> list[Any]:
         cfg, p = variants[i].cfg, prepared[i]
         (train_idx, valid_idx) = p.splits[0][0]
-        columns = feature_columns(p.data.feature_names)
-        train, valid = (select(p.data.train, columns, rows) for rows in (train_idx, valid_idx))
-        return [build_member(cfg, p.data.feature_names, train, valid, cfg.seed)]
+        return [member_for(cfg, p.data, train_idx, valid_idx, cfg.seed)]
 
     def train_stack(i: int) -> list[FittedModel]:
         cfg, p = variants[i].cfg, prepared[i]

@@ -43,6 +43,7 @@ BiasInit = Literal["default", "zeros", "constant"]
 SchedulerName = Literal["none", "step", "exponential", "cosine", "plateau"]
 Target = Literal["level", "delta"]
 Device = Literal["auto", "cpu", "cuda"]
+StopOn = Literal["valid", "train_tail"]
 # lr = "auto": each model's learning rate comes from the range test on its own training rows
 AUTO_LR = "auto"
 
@@ -162,6 +163,14 @@ class Config:
     min_delta: float = _opt(
         0.0, "Early stopping: an improvement means best - current > min_delta.", "train"
     )
+    stop_on: str = _opt(
+        "valid",
+        "Rows that early stopping and the best epoch are chosen on: valid (the validation rows, "
+        "as the course code does: their RMSE is then the best of many epochs, optimistic) or "
+        "train_tail (the last valid_ratio of each state's training days, purged; the "
+        "validation rows are only scored, an honest estimate).",
+        "train",
+    )
     # --- reproducibility and hardware ---
     seed: int = _opt(42, "Seed for Python, NumPy and torch (CPU and CUDA).", "run")
     deterministic: bool = _opt(
@@ -218,6 +227,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZER_NAMES,
     "scheduler": typing.get_args(SchedulerName),
     "device": typing.get_args(Device),
+    "stop_on": typing.get_args(StopOn),
 }
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}

@@ -20,7 +20,6 @@ from covidreg.engine import (
     EpochRecord,
     FittedModel,
     Member,
-    build_member,
     fit_members,
     predict,
     stack_groups,
@@ -31,6 +30,7 @@ from covidreg.experiment import (
     checkpoint_payload,
     load_data,
     lr_record,
+    member_for,
     preflight,
     with_found_lr,
 )
@@ -180,15 +180,8 @@ def fold_members(
     ``seeds[k - 1]``."""
     if seeds is None:
         seeds = [fold_seed(cfg.seed, k) for k in range(1, len(folds) + 1)]
-    columns = feature_columns(data.feature_names)
     return [
-        build_member(
-            cfg,
-            data.feature_names,
-            select(data.train, columns, train_idx),
-            select(data.train, columns, valid_idx),
-            seed,
-        )
+        member_for(cfg, data, train_idx, valid_idx, seed)
         for (train_idx, valid_idx), seed in zip(folds, seeds, strict=True)
     ]
 

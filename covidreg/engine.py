@@ -62,10 +62,13 @@ class EpochRecord:
 class FitResult:
     history: list[EpochRecord]
     best_epoch: int
-    best_valid_mse: float
+    best_valid_mse: float  # on the scored validation rows, with the best epoch's weights
     stop_reason: str  # "early_stopping", "max_epochs", "diverged"
     seconds: float
     message: str = ""
+    # stop_on = train_tail: the best loss on the rows early stopping watched (history's
+    # valid_loss); None when those are the validation rows themselves
+    stop_mse: float | None = None
 
 
 @dataclass
@@ -156,6 +159,7 @@ class Member:
     best: list[torch.Tensor] | None = None  # best weights so far, in MLP.linears() order
     fitted: FittedModel | None = None
     lr_finder: dict[str, Any] | None = None  # lr = "auto": what the range test found
+    scored: Arrays | None = None  # stop_on = train_tail: the validation rows, only scored
 
 
 def check_batch_size(cfg: Config, n_train: int) -> None:
@@ -167,7 +171,12 @@ def check_batch_size(cfg: Config, n_train: int) -> None:
 
 
 def build_member(
-    cfg: Config, feature_names: list[str], train: Arrays, valid: Arrays, seed: int
+    cfg: Config,
+    feature_names: list[str],
+    train: Arrays,
+    valid: Arrays,
+    seed: int,
+    scored: Arrays | None = None,
 ) -> Member:
     """Seed, build the model and fit its normalisation on the training rows only.
 
@@ -207,6 +216,7 @@ def build_member(
         stopper=EarlyStopping(cfg.patience, cfg.min_delta),
         rates=LearningRates(base_rates, cfg),
         lr_finder=lr_finder,
+        scored=scored,
     )
 
 
@@ -345,13 +355,20 @@ class Engine:
             )
         unflatten_into(member.best, member.model)
         member.model.to(self.device)
+        scored_mse, stop_mse = member.stopper.best, None
+        if member.scored is not None:  # the best epoch was chosen on other rows
+            stop_mse = scored_mse
+            x = torch.from_numpy(member.scored.x).to(self.device)
+            error = predict(member.model, x) - member.scored.y.astype(np.float64)
+            scored_mse = float(np.mean(np.square(error)))
         result = FitResult(
             history=list(member.history),
             best_epoch=member.stopper.best_epoch,
-            best_valid_mse=member.stopper.best,
+            best_valid_mse=scored_mse,
             stop_reason=member.stop_reason,
             seconds=member.seconds,
             message=member.message,
+            stop_mse=stop_mse,
         )
         member.fitted = FittedModel(member.model, result, member.mean, member.std, member.lr_finder)
         return member.fitted

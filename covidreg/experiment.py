@@ -21,6 +21,7 @@ from covidreg.engine import (
     EpochRecord,
     FitResult,
     FittedModel,
+    Member,
     build_member,
     check_batch_size,
     fit_members,
@@ -32,13 +33,14 @@ from covidreg.model import count_parameters, skip_index_for
 from covidreg.reproducibility import resolve_device
 from covidreg.schema import (
     TARGET,
+    Arrays,
     HW01Table,
     feature_columns,
     read_hw01_csv,
     resolve_features,
     select,
 )
-from covidreg.splits import holdout_split
+from covidreg.splits import holdout_split, stopping_split
 
 STATE_FILE = "training_state.pt"
 OnEpoch = Callable[[EpochRecord, EarlyStopping], None]
@@ -69,6 +71,25 @@ def preflight(cfg: Config, data: LoadedData, n_train: int) -> None:
     tensorboard_logs.check(cfg)
 
 
+def member_for(
+    cfg: Config, data: LoadedData, train_idx: np.ndarray, valid_idx: np.ndarray, seed: int
+) -> Member:
+    """The engine's model for one split: it fits ``train_idx`` and early-stops on
+    ``valid_idx``, or (``stop_on = "train_tail"``) early-stops on the blocked tail of
+    ``train_idx`` and ``valid_idx`` is only scored."""
+    columns = feature_columns(data.feature_names)
+
+    def rows(idx: np.ndarray) -> Arrays:
+        return select(data.train, columns, idx)
+
+    if cfg.stop_on == "train_tail":
+        fit_idx, stop_idx = stopping_split(data.train.states, train_idx, cfg.valid_ratio, cfg.purge)
+        return build_member(
+            cfg, data.feature_names, rows(fit_idx), rows(stop_idx), seed, rows(valid_idx)
+        )
+    return build_member(cfg, data.feature_names, rows(train_idx), rows(valid_idx), seed)
+
+
 def fit_model(
     cfg: Config,
     data: LoadedData,
@@ -80,14 +101,7 @@ def fit_model(
     resume_state: dict[str, Any] | None = None,
 ) -> FittedModel:
     """One model on these rows: the engine with a stack of one."""
-    columns = feature_columns(data.feature_names)
-    member = build_member(
-        cfg,
-        data.feature_names,
-        select(data.train, columns, train_idx),
-        select(data.train, columns, valid_idx),
-        seed,
-    )
+    member = member_for(cfg, data, train_idx, valid_idx, seed)
     shown = None if on_epoch is None else (lambda _k, record, stopper: on_epoch(record, stopper))
     (fitted,) = fit_members(cfg, [member], shown, on_checkpoint, resume_state)
     return fitted
@@ -131,6 +145,9 @@ def run_metrics(
         ),
         "epochs_run": len(result.history),
         "stop_reason": result.stop_reason,
+        # train_tail: the best epoch was chosen on the training rows' tail, valid_rmse is honest
+        "stop_on": cfg.stop_on,
+        **({} if result.stop_mse is None else {"stop_rmse": math.sqrt(result.stop_mse)}),
         "seconds": round(result.seconds, 3),
         "split": cfg.split,
         "train_rows": len(train_idx),

@@ -203,3 +203,13 @@ def holdout_split(
             "or another valid_ratio"
         )
     return train_idx, valid_idx
+
+
+def stopping_split(
+    states: np.ndarray, train_idx: np.ndarray, valid_ratio: float, purge: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``stop_on = "train_tail"``: the training rows the model fits and those it early-stops
+    on, the last ``valid_ratio`` of each state's training days with ``purge`` windows before
+    them dropped (the blocked holdout of the training rows), as row indices."""
+    fit, stop = holdout_split(states[train_idx], "blocked", valid_ratio, 0, purge)
+    return train_idx[fit], train_idx[stop]

@@ -309,3 +309,38 @@ def test_baselines_equal_hand_computations(cv_run: Path, data: dict[str, Path]) 
         assert float(row["ridge_rmse"]) == pytest.approx(expected, rel=1e-9)
         # and ridge is a real baseline here: far better than predicting the mean
         assert expected < 0.5 * float(np.std(y_valid))
+
+
+# --- stop_on = train_tail ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop_on", ["valid", "train_tail"])
+def test_with_train_tail_the_validation_rows_are_only_scored(
+    data: dict[str, Path], tmp_path: Path, stop_on: str
+) -> None:
+    # the validation rows' targets changed: with train_tail the training must not notice
+    rows = synthetic_rows(N_STATES, N_WINDOWS, seed=0)
+    folds = list(make_kfold("blocked", 3, purge=2).split(STATES))
+    changed = rows.copy()
+    changed[folds[1][1], TARGET] += 5.0
+    other = write_hw01_csv(tmp_path / "changed.csv", changed)
+    runs = {}
+    for name, csv_path in (("same", data["train"]), ("changed", other)):
+        args = cv_args(data, tmp_path / name, "--stop-on", stop_on, "--epochs", "12")
+        args[args.index("--train-csv") + 1] = str(csv_path)
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.stderr
+        runs[name] = tmp_path / name
+    same = (runs["same"] / "fold_2" / "history.csv").read_text()
+    assert (same == (runs["changed"] / "fold_2" / "history.csv").read_text()) == (
+        stop_on == "train_tail"
+    )
+    # the reported RMSE is the fold model's on its validation rows, whatever it stopped on
+    table = load_data(resolve_config(None, {"train_csv": str(data["train"]), "test_csv": ""}))
+    for k, row in enumerate(read_cv_csv(runs["same"] / "cv.csv")):
+        model = load_model(runs["same"] / f"fold_{k + 1}" / "model.pt")
+        valid = folds[k][1]
+        columns = [FEATURE_NAMES.index(name) for name in model.feature_names]
+        x = torch.from_numpy(table.train.features[np.ix_(valid, columns)].astype(np.float32))
+        error = predict(model.model, x) - table.train.target[valid]
+        assert float(row["valid_rmse"]) == pytest.approx(math.sqrt(np.mean(error**2)), rel=1e-5)

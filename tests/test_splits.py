@@ -279,3 +279,19 @@ def test_holdout_property(
     assert train.max() < len(states) and valid.max() < len(states)
     if method == "blocked" and purge >= 2:
         assert overlap_days(states, train, valid) == set()
+
+
+def test_the_stopping_split_is_the_blocked_tail_of_the_training_rows() -> None:
+    from covidreg.splits import stopping_split
+
+    states = np.repeat(np.arange(3), 20)
+    train_idx, valid_idx = holdout_split(states, "blocked", 0.25, purge=2)
+    fit_idx, stop_idx = stopping_split(states, train_idx, 0.25, 2)
+    assert not set(fit_idx) & set(stop_idx) and not (set(fit_idx) | set(stop_idx)) & set(valid_idx)
+    assert set(fit_idx) | set(stop_idx) <= set(train_idx)
+    position = within_state_position(states)
+    for state in range(3):
+        fit = position[fit_idx[states[fit_idx] == state]]
+        stop = position[stop_idx[states[stop_idx] == state]]
+        # 13 training days: the last 3 (round(13 x 0.25)) stop, 2 purged before them
+        assert list(stop) == [10, 11, 12] and list(fit) == list(range(8))
