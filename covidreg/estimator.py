@@ -35,7 +35,8 @@ class EstimatorError(CovidRegError, ValueError):
 #: Config keys that are no estimator parameters: the data comes as arrays (train_csv,
 #: test_csv), one model trains alone (stack_size, fold_processes), nothing resumes
 #: (checkpoint_every), and batch_norm is not supported by the engine.
-# what an estimator has no use for: CSV paths, the run directory's files, stacking several models
+# what an estimator has no use for: CSV paths, the run directory's files, stacking several
+# models, and stop_on (fit always early-stops on rows of its own; whoever scores it holds theirs)
 NOT_PARAMETERS = frozenset(
     {
         "train_csv",
@@ -45,6 +46,7 @@ NOT_PARAMETERS = frozenset(
         "fold_processes",
         "checkpoint_every",
         "tensorboard",
+        "stop_on",
     }
 )
 _DEFAULTS = Config()
