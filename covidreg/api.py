@@ -143,8 +143,23 @@ def submission(model: Model | TrainResult | CvResult | str | Path, data: DataLik
 # --- train --------------------------------------------------------------------------------------
 
 
+class _FromRunDir:
+    """What a finished run's directory gives: its model (a train run's, or a cv run's fold
+    ensemble), read back once, and that model's predictions."""
+
+    run_dir: Path
+
+    @cached_property
+    def model(self) -> Model:
+        return load(self.run_dir)
+
+    def predict(self, data: DataLike) -> np.ndarray:
+        """The model's predictions for ``data`` (see ``covidreg.predict``)."""
+        return self.model.predict(data)
+
+
 @dataclass
-class TrainResult:
+class TrainResult(_FromRunDir):
     """A finished ``covidreg.train``: what ``covidreg train`` prints and writes."""
 
     run_dir: Path
@@ -160,15 +175,6 @@ class TrainResult:
     @property
     def best_epoch(self) -> int:
         return int(self.metrics["best_epoch"])
-
-    @cached_property
-    def model(self) -> Model:
-        """The trained model, read back from the run's model.pt."""
-        return load(self.run_dir)
-
-    def predict(self, data: DataLike) -> np.ndarray:
-        """The trained model's predictions for ``data`` (see ``covidreg.predict``)."""
-        return self.model.predict(data)
 
     def __repr__(self) -> str:
         return (
@@ -214,7 +220,7 @@ def train(
 
 
 @dataclass
-class CvResult:
+class CvResult(_FromRunDir):
     """A finished ``covidreg.cv``: the per-fold results and their summary (summary.json)."""
 
     run_dir: Path
@@ -256,15 +262,6 @@ class CvResult:
         if not 1 <= fold <= self.n_folds:
             raise CovidRegError(f"fold must be 1 .. {self.n_folds}, got {fold}")
         return _history_frame(self.fold_results[fold - 1].history)
-
-    @cached_property
-    def model(self) -> Model:
-        """The fold ensemble (the mean of the fold models), read back from the run directory."""
-        return load(self.run_dir)
-
-    def predict(self, data: DataLike) -> np.ndarray:
-        """The fold ensemble's predictions for ``data`` (see ``covidreg.predict``)."""
-        return self.model.predict(data)
 
     def __repr__(self) -> str:
         return (

@@ -122,7 +122,7 @@ def test_train_shows_progress_and_the_summary_unless_quiet(
 def test_a_symmetric_init_warns_through_warnings(
     hw01_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    with pytest.warns(UserWarning, match="init 'zeros' gives every hidden unit the same"):
+    with pytest.warns(UserWarning, match="init 'zeros' gives every hidden unit of a layer"):
         covidreg.train(**files_of(hw01_files), **QUICK, init="zeros", out=tmp_path, quiet=True)
 
 
