@@ -151,6 +151,8 @@ def summarize(cfg: Config, n_folds: int, folds: list[FoldResult]) -> dict[str, A
         "ridge_rmse": mean_std([f.ridge_rmse for f in folds]),
         # lr = auto: each fold's rate comes from the range test on its own training rows
         "lr_source": "lr-find" if cfg.lr == AUTO_LR else "config",
+        # valid: the best epochs were chosen on the scored rows (optimistic); train_tail: not
+        "stop_on": cfg.stop_on,
         "epochs_run": mean_std([f.epochs_run for f in folds]),
         "fold_seconds": mean_std([f.seconds for f in folds]),
         "folds": [{k: v for k, v in asdict(f).items() if k != "history"} for f in folds],

@@ -335,6 +335,7 @@ def test_with_train_tail_the_validation_rows_are_only_scored(
     assert (same == (runs["changed"] / "fold_2" / "history.csv").read_text()) == (
         stop_on == "train_tail"
     )
+    assert json.loads((runs["same"] / "summary.json").read_text())["stop_on"] == stop_on
     # the reported RMSE is the fold model's on its validation rows, whatever it stopped on
     table = load_data(resolve_config(None, {"train_csv": str(data["train"]), "test_csv": ""}))
     for k, row in enumerate(read_cv_csv(runs["same"] / "cv.csv")):
