@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -90,23 +91,22 @@ def train_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
     ]
 
 
+def files_config(files: dict[str, Path], **changes: Any) -> Any:
+    """The config of a quick run on the synthetic files (batches of 16), with ``changes`` given
+    as flag text."""
+    from covidreg.config import resolve_config
+
+    values = {"train_csv": str(files["train"]), "test_csv": str(files["test"]), "batch_size": "16"}
+    return resolve_config(None, {**values, **changes})
+
+
 def interrupted_run_dir(files: dict[str, Path], out: Path, stop_at: int = 6) -> Path:
     """A run stopped (KeyboardInterrupt) in epoch ``stop_at``: it holds only the training state
     saved after epoch 5."""
-    from covidreg.config import resolve_config
     from covidreg.engine import EarlyStopping, EpochRecord
     from covidreg.experiment import STATE_FILE, run_train
 
-    cfg = resolve_config(
-        None,
-        {
-            "train_csv": str(files["train"]),
-            "test_csv": str(files["test"]),
-            "epochs": "20",
-            "batch_size": "16",
-            "checkpoint_every": "5",
-        },
-    )
+    cfg = files_config(files, epochs="20", checkpoint_every="5")
 
     def interrupt(record: EpochRecord, stopper: EarlyStopping) -> None:
         if record.epoch == stop_at:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from covidreg.cli import app
 from covidreg.config import resolve_config
 from covidreg.lr_find import holdout_range_test, smooth, suggest, valley
-from tests.conftest import train_args
+from tests.conftest import files_config, train_args
 
 runner = CliRunner()
 
@@ -161,10 +161,7 @@ def test_lr_auto_trains_as_the_found_rate_given_as_a_number(
     assert metrics["lr_source"] == "lr-find" and metrics["lr_finder"]["rule"] == "valley"
     found = metrics["lr_finder"]["lr"]
     # the valley of the range test on the training split, as covidreg lr-find runs it
-    cfg = resolve_config(
-        None,
-        {"train_csv": str(hw01_files["train"]), "test_csv": "", "batch_size": 16, "lr": "auto"},
-    )
+    cfg = files_config(hw01_files, lr="auto")
     lrs, losses, _ = holdout_range_test(cfg, 1e-7, 10.0, 100)
     assert found == suggest(lrs, smooth(losses)).valley
     # config.toml and the checkpoint record the number, so a rerun needs no range test
@@ -194,10 +191,7 @@ def test_cv_lr_auto_finds_each_folds_rate_on_its_own_training_rows(
         app, [*args, "--epochs", "12", "--batch-size", "16", "--lr", "auto", "--out", str(out)]
     )
     assert result.exit_code == 0, result.stderr
-    cfg = resolve_config(
-        None,
-        {"train_csv": str(hw01_files["train"]), "test_csv": "", "batch_size": 16, "lr": "auto"},
-    )
+    cfg = files_config(hw01_files, lr="auto")
     data = load_data(cfg)
     columns = feature_columns(data.feature_names)
     expected = [

@@ -25,7 +25,7 @@ from covidreg.crossval import make_folds
 from covidreg.engine import EarlyStopping, EpochRecord
 from covidreg.experiment import STATE_FILE, load_data, resume_train, run_train
 from covidreg.tune import workers
-from tests.conftest import train_args
+from tests.conftest import files_config, train_args
 from tests.tune_files import load_study, read_trials, tune_args, write_space
 
 runner = CliRunner()
@@ -84,18 +84,7 @@ def test_train_logs_every_epoch_as_in_history_csv(
 
 
 def tensorboard_cfg(files: dict[str, Path], **changes: str):
-    return resolve_config(
-        None,
-        {
-            "train_csv": str(files["train"]),
-            "test_csv": str(files["test"]),
-            "epochs": "20",
-            "batch_size": "16",
-            "checkpoint_every": "5",
-            "tensorboard": "true",
-            **changes,
-        },
-    )
+    return files_config(files, epochs="20", checkpoint_every="5", tensorboard="true", **changes)
 
 
 def test_resume_continues_the_log_with_each_epoch_once(
