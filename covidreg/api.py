@@ -1,7 +1,7 @@
 """covidreg from Python: train, cross-validate, load and predict, with the CLI's own functions.
 
 ``train`` and ``cv`` resolve their config as the commands do and call the same library
-functions (``experiment.run_train``, ``cv.run_cv``), so for the same config a run is the same
+functions (``experiment.run_train``, ``crossval.run_cv``), so for the same config a run is the same
 bits as ``covidreg train`` / ``covidreg cv``, and writes the same run directory. ``predict`` is
 ``covidreg predict``'s arithmetic (``predict.ensemble_predict``). Progress is rich's (in a
 terminal and in Jupyter); ``quiet=True`` shows nothing. Every problem with the input is a
@@ -287,20 +287,9 @@ def cv(
     Example: ``covidreg.cv(folds=5, lr=3e-3).fold_rmse``
     """
     from covidreg import progress
-    from covidreg.crossval import run_cv
 
     cfg = config_from(config, overrides, "covidreg.cv() arguments")
-    with progress.fold_display(quiet, cfg.epochs) as display:
-        run = run_cv(
-            cfg,
-            folds,
-            out,
-            write_predictions=predict,
-            on_start=display.on_start,
-            on_fold_start=display.on_fold_start,
-            on_epoch=display.on_epoch,
-            on_fold_end=display.on_fold_end,
-        )
+    run = progress.displayed_cv(cfg, folds, out, predict, quiet)
     if not quiet:
         progress.cv_summary(run, quiet=False)
     return CvResult(run.run_dir, cfg, run.summary, run.folds, run.pred_path)

@@ -244,24 +244,13 @@ def cv(
 
     with user_errors():
         cfg = resolve_config(config, overrides)
-        from covidreg.crossval import check_cv_inputs, run_cv
+        from covidreg.crossval import check_cv_inputs
 
         if seeds < 1:
             fail(f"--seeds must be 1 or more, got {seeds}")
 
         def run_one(seed_cfg: Config, seed_out: Path | None, data: Any = None) -> tuple[float, Any]:
-            with progress.fold_display(quiet, seed_cfg.epochs) as display:
-                result = run_cv(
-                    seed_cfg,
-                    folds,
-                    seed_out,
-                    write_predictions=predict,
-                    on_start=display.on_start,
-                    on_fold_start=display.on_fold_start,
-                    on_epoch=display.on_epoch,
-                    on_fold_end=display.on_fold_end,
-                    data=data,
-                )
+            result = progress.displayed_cv(seed_cfg, folds, seed_out, predict, quiet, data)
             progress.cv_summary(result, quiet or seeds > 1)
             return result.summary["valid_rmse"]["mean"], result
 

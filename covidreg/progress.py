@@ -222,6 +222,26 @@ def fold_display(quiet: bool, total: int, label: str = "fold") -> Iterator[FoldD
         display.finish()
 
 
+def displayed_cv(
+    cfg: Any, n_folds: int, out: Any, write_predictions: bool, quiet: bool, data: Any = None
+) -> Any:
+    """``crossval.run_cv`` with a progress bar per fold (none when ``quiet``)."""
+    from covidreg.crossval import run_cv
+
+    with fold_display(quiet, cfg.epochs) as display:
+        return run_cv(
+            cfg,
+            n_folds,
+            out,
+            write_predictions=write_predictions,
+            on_start=display.on_start,
+            on_fold_start=display.on_fold_start,
+            on_epoch=display.on_epoch,
+            on_fold_end=display.on_fold_end,
+            data=data,
+        )
+
+
 def cv_summary(result: Any, quiet: bool) -> None:
     """The per-fold table, mean ± std and the baselines; the result line on stdout."""
     s = result.summary
