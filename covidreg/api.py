@@ -3,7 +3,7 @@
 ``train`` and ``cv`` resolve their config as the commands do and call the same library
 functions (``experiment.run_train``, ``crossval.run_cv``), so for the same config a run is the same
 bits as ``covidreg train`` / ``covidreg cv``, and writes the same run directory. ``predict`` is
-``covidreg predict``'s arithmetic (``predict.ensemble_predict``). Progress is rich's (in a
+``covidreg predict``'s arithmetic (``inference.ensemble_predict``). Progress is rich's (in a
 terminal and in Jupyter); ``quiet=True`` shows nothing. Every problem with the input is a
 ``CovidRegError``; nothing here ends the process.
 """
