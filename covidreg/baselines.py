@@ -29,15 +29,24 @@ def ridge_fit_predict(
     columns = feature_columns(feature_names)
     x_train = table.features[np.ix_(train_idx, columns)]
     mean, std = fit_standardization(x_train, feature_names)
-    z = (x_train - mean) / std
-    y = table.target[train_idx]
-    z_mean, y_mean = z.mean(axis=0), y.mean()
-    zc = z - z_mean
-    gram = zc.T @ zc + alpha * np.eye(len(columns))
-    weights = np.linalg.solve(gram, zc.T @ (y - y_mean))
+    weights, intercept = ridge_solve((x_train - mean) / std, table.target[train_idx], alpha)
     source = table if other is None else other
     z_pred = (source.features[np.ix_(predict_rows, columns)] - mean) / std
-    return (z_pred - z_mean) @ weights + y_mean
+    return z_pred @ weights + intercept
+
+
+def ridge_solve(
+    z: np.ndarray, y: np.ndarray, alpha: float = RIDGE_ALPHA
+) -> tuple[np.ndarray, float]:
+    """The ridge regression of ``y`` on the (standardised) columns of ``z``, in closed form:
+    the weights and the unpenalised intercept (float64)."""
+    z = np.asarray(z, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    z_mean, y_mean = z.mean(axis=0), y.mean()
+    zc = z - z_mean
+    gram = zc.T @ zc + alpha * np.eye(z.shape[1])
+    weights = np.linalg.solve(gram, zc.T @ (y - y_mean))
+    return weights, float(y_mean - z_mean @ weights)
 
 
 def rmse(pred: np.ndarray, target: np.ndarray) -> float:

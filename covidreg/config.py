@@ -43,7 +43,7 @@ BiasInit = Literal["default", "zeros", "constant"]
 SchedulerName = Literal["none", "step", "exponential", "cosine", "plateau"]
 Target = Literal["level", "delta"]
 Device = Literal["auto", "cpu", "cuda"]
-StopOn = Literal["valid", "train_tail"]
+StopOn = Literal["auto", "valid", "train_tail"]
 # lr = "auto": each model's learning rate comes from the range test on its own training rows
 AUTO_LR = "auto"
 
@@ -99,6 +99,14 @@ class Config:
         "relu", "Activation: relu, leaky_relu, tanh, sigmoid, gelu, selu.", "model"
     )
     dropout: float = _opt(0.0, "Dropout probability after each hidden activation.", "model")
+    ridge_blend: float = _opt(
+        0.5,
+        "Weight w of a closed-form ridge regression (alpha 1) fitted on the network's own "
+        "standardised training rows and target: the model predicts (1 - w) * network + "
+        "w * ridge. Early stopping watches the network alone; the valid RMSE is the blend's. "
+        "0: the network alone, 1: the ridge alone.",
+        "model",
+    )
     batch_norm: bool = _opt(
         False,
         "Batch normalisation before each hidden activation: not supported by the training "
@@ -164,11 +172,13 @@ class Config:
         0.0, "Early stopping: an improvement means best - current > min_delta.", "train"
     )
     stop_on: str = _opt(
-        "valid",
+        "auto",
         "Rows that early stopping and the best epoch are chosen on: valid (the validation rows, "
-        "as the course code does: their RMSE is then the best of many epochs, optimistic) or "
+        "as the course code does: their RMSE is then the best of many epochs, optimistic), "
         "train_tail (the last valid_ratio of each state's training days, purged; the "
-        "validation rows are only scored, an honest estimate).",
+        "validation rows are only scored, an honest estimate), or auto: valid for a holdout "
+        "(train, --seeds, compare, tune --folds 1), train_tail for cv folds (cv, compare "
+        "--folds, tune), whose RMSE then estimates what train does on unseen days.",
         "train",
     )
     # --- reproducibility and hardware ---
@@ -412,6 +422,7 @@ def validate(cfg: Config) -> None:
         _require(math.isfinite(value) and value >= 0, key, "zero or a positive number", value)
     _require(0 < cfg.valid_ratio < 1, "valid_ratio", "between 0 and 1 (exclusive)", cfg.valid_ratio)
     _require(0 <= cfg.dropout < 1, "dropout", "in [0, 1)", cfg.dropout)
+    _require(0 <= cfg.ridge_blend <= 1, "ridge_blend", "in [0, 1]", cfg.ridge_blend)
     _require(0 < cfg.gamma <= 1, "gamma", "in (0, 1]", cfg.gamma)
     _require(cfg.init_std > 0, "init_std", "a positive number", cfg.init_std)
     _require(cfg.init_a < cfg.init_b, "init_a", f"lower than init_b ({cfg.init_b})", cfg.init_a)
@@ -431,15 +442,23 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 RETIRED_KEYS = frozenset({"num_workers"})
 
 
+# keys added since checkpoints were first written whose default is not what a checkpoint saved
+# before them was trained with: such a checkpoint gets this value instead (its model has no
+# ridge regression in it)
+EARLIER_VALUES: dict[str, Any] = {"ridge_blend": 0.0}
+
+
 def from_dict(values: dict[str, Any], source: str = "checkpoint") -> Config:
-    """Rebuild a config saved by ``to_dict``; keys added since are filled with defaults, keys
-    since retired are dropped."""
+    """Rebuild a config saved by ``to_dict``; keys added since are filled with defaults (or
+    with ``EARLIER_VALUES``, what the saved run did without them), keys since retired are
+    dropped."""
     checked = {
         key: coerce_value(key, value, source)
         for key, value in values.items()
         if key not in RETIRED_KEYS
     }
-    cfg = Config(**checked)
+    earlier = {key: value for key, value in EARLIER_VALUES.items() if key not in checked}
+    cfg = Config(**checked, **earlier)
     validate(cfg)
     return cfg
 

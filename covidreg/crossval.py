@@ -32,6 +32,7 @@ from covidreg.experiment import (
     lr_record,
     member_for,
     preflight,
+    stop_rows,
     with_found_lr,
 )
 from covidreg.processes import StackProcesses, process_count
@@ -48,6 +49,7 @@ FOLD_COLUMNS = (
     "best_epoch",
     "valid_mse",
     "valid_rmse",
+    "network_rmse",
     "persistence_rmse",
     "ridge_rmse",
     "lr",
@@ -70,6 +72,7 @@ class FoldResult:
     best_epoch: int
     valid_mse: float
     valid_rmse: float
+    network_rmse: float  # the network alone (valid_rmse without a ridge blend)
     persistence_rmse: float
     ridge_rmse: float
     lr: float  # the fold's learning rate: the config's, or its own range test's (lr = auto)
@@ -133,6 +136,7 @@ def _fold_result(
         best_epoch=result.best_epoch,
         valid_mse=result.best_valid_mse,
         valid_rmse=math.sqrt(result.best_valid_mse),
+        network_rmse=math.sqrt(result.network_mse),
         persistence_rmse=rmse(persistence_predict(data.train, valid_idx), target),
         ridge_rmse=rmse(ridge, target),
         lr=with_found_lr(cfg, fitted).lr,
@@ -147,12 +151,14 @@ def summarize(cfg: Config, n_folds: int, folds: list[FoldResult]) -> dict[str, A
         "split": cfg.split,
         "seed": cfg.seed,
         "valid_rmse": mean_std([f.valid_rmse for f in folds]),
+        "network_rmse": mean_std([f.network_rmse for f in folds]),
+        "ridge_blend": cfg.ridge_blend,
         "persistence_rmse": mean_std([f.persistence_rmse for f in folds]),
         "ridge_rmse": mean_std([f.ridge_rmse for f in folds]),
         # lr = auto: each fold's rate comes from the range test on its own training rows
         "lr_source": "lr-find" if cfg.lr == AUTO_LR else "config",
         # valid: the best epochs were chosen on the scored rows (optimistic); train_tail: not
-        "stop_on": cfg.stop_on,
+        "stop_on": stop_rows(cfg, fold=True),
         "epochs_run": mean_std([f.epochs_run for f in folds]),
         "fold_seconds": mean_std([f.seconds for f in folds]),
         "folds": [{k: v for k, v in asdict(f).items() if k != "history"} for f in folds],
@@ -177,13 +183,15 @@ def fold_members(
     data: LoadedData,
     folds: list[tuple[np.ndarray, np.ndarray]],
     seeds: list[int] | None = None,
+    holdouts: bool = False,
 ) -> list[Member]:
     """One model per fold, fold k (from 1) seeded with ``fold_seed(cfg.seed, k)``, or with
-    ``seeds[k - 1]``."""
+    ``seeds[k - 1]``. ``holdouts``: the splits are train's holdout (for --seeds, tune --folds
+    1), so ``stop_on = "auto"`` stops on their validation rows, as train does."""
     if seeds is None:
         seeds = [fold_seed(cfg.seed, k) for k in range(1, len(folds) + 1)]
     return [
-        member_for(cfg, data, train_idx, valid_idx, seed)
+        member_for(cfg, data, train_idx, valid_idx, seed, fold=not holdouts)
         for (train_idx, valid_idx), seed in zip(folds, seeds, strict=True)
     ]
 
@@ -195,16 +203,17 @@ def cross_validate(
     events: FoldEvents | None = None,
     processes: bool = True,
     seeds: list[int] | None = None,
+    holdouts: bool = False,
 ) -> list[FittedModel]:
     """Train one model per fold; returns their fitted models in fold order.
 
     The folds train in stacks of consecutive folds (``engine.stack_groups``: the config
     decides them), side by side in forked processes (``processes``: as many as
     ``processes.process_count`` gives; else one after another here). Either way each fold's
-    result is the same bits. ``seeds``: as in ``fold_members``.
+    result is the same bits. ``seeds`` and ``holdouts``: as in ``fold_members``.
     """
     events = events or FoldEvents()
-    members = fold_members(cfg, data, folds, seeds)
+    members = fold_members(cfg, data, folds, seeds, holdouts)
     stacks = [[members[k] for k in group] for group in stack_groups(cfg, len(members))]
     n_processes = process_count(cfg, len(stacks), resolve_device(cfg.device)) if processes else 1
     in_order = _InFoldOrder(events, cfg, members)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from covidreg.baselines import ridge_solve
 from covidreg.config import AUTO_LR, Config
 from covidreg.errors import CovidRegError
 from covidreg.loaders import HW01Dataset, make_loader
@@ -69,6 +70,8 @@ class FitResult:
     # stop_on = train_tail: the best loss on the rows early stopping watched (history's
     # valid_loss); None when those are the validation rows themselves
     stop_mse: float | None = None
+    # the network alone on the scored validation rows (best_valid_mse without a ridge blend)
+    network_mse: float | None = None
 
 
 @dataclass
@@ -198,6 +201,8 @@ def build_member(
     mean, std = fit_standardization(train.x.astype(np.float64), feature_names)
     if cfg.normalize:
         model.set_normalization(mean, std)
+    if cfg.ridge_blend:
+        fit_ridge(model, train)
     device = resolve_device(cfg.device)
     masks = torch.Generator(device=device)
     if device.type == "cpu":
@@ -218,6 +223,16 @@ def build_member(
         lr_finder=lr_finder,
         scored=scored,
     )
+
+
+def fit_ridge(model: MLP, train: Arrays) -> None:
+    """The blend's ridge regression: on the rows and standardised inputs the network trains
+    on, for its target (the change from tested_positive_d2 with the delta target)."""
+    x = torch.from_numpy(train.x)
+    target = train.y.astype(np.float64)
+    if model.skip_index is not None:
+        target = target - train.x[:, model.skip_index].astype(np.float64)
+    model.set_ridge(*ridge_solve(model.normalize(x).double().numpy(), target))
 
 
 def stack_groups(cfg: Config, n_members: int) -> list[list[int]]:
@@ -355,12 +370,17 @@ class Engine:
             )
         unflatten_into(member.best, member.model)
         member.model.to(self.device)
-        scored_mse, stop_mse = member.stopper.best, None
-        if member.scored is not None:  # the best epoch was chosen on other rows
-            stop_mse = scored_mse
-            x = torch.from_numpy(member.scored.x).to(self.device)
-            error = predict(member.model, x) - member.scored.y.astype(np.float64)
-            scored_mse = float(np.mean(np.square(error)))
+        # early stopping watched the network's own loss, on the validation rows or (train_tail)
+        # on others; what is reported is the whole model's (the blend's) on the validation rows
+        best, stop_mse = member.stopper.best, None
+        scored_mse = network_mse = best
+        if member.scored is not None:
+            stop_mse = best
+            network_mse = _mse(member.model, member.scored, self.device, with_ridge=False)
+            scored_mse = network_mse
+        if self.cfg.ridge_blend:
+            rows = member.valid if member.scored is None else member.scored
+            scored_mse = _mse(member.model, rows, self.device)
         result = FitResult(
             history=list(member.history),
             best_epoch=member.stopper.best_epoch,
@@ -369,6 +389,7 @@ class Engine:
             seconds=member.seconds,
             message=member.message,
             stop_mse=stop_mse,
+            network_mse=network_mse,
         )
         member.fitted = FittedModel(member.model, result, member.mean, member.std, member.lr_finder)
         return member.fitted
@@ -395,6 +416,13 @@ class Engine:
         running = self.running()
         self.stack = Stack(self.cfg, self.members, running or [0], self.device)
         self.stack.ids = running  # none running: a state saved after the last epoch
+
+
+def _mse(model: MLP, rows: Arrays, device: torch.device, with_ridge: bool = True) -> float:
+    """The model's MSE on ``rows`` (float64); ``with_ridge=False``: the network's alone."""
+    x = torch.from_numpy(rows.x).to(device)
+    error = predict(model, x, with_ridge=with_ridge) - rows.y.astype(np.float64)
+    return float(np.mean(np.square(error)))
 
 
 def _member_state(member: Member) -> dict[str, Any]:
@@ -474,9 +502,12 @@ def fit_members(
     return engine.fit(on_epoch, on_checkpoint, after_epoch)
 
 
-def predict(model: MLP, x: torch.Tensor, batch_size: int = 65536) -> np.ndarray:
-    """The model's predictions for raw inputs ``x`` (float64 numpy)."""
+def predict(
+    model: MLP, x: torch.Tensor, batch_size: int = 65536, with_ridge: bool = True
+) -> np.ndarray:
+    """The model's predictions for raw inputs ``x`` (float64 numpy); ``with_ridge=False``:
+    the network's alone, without a ridge blend."""
     model.eval()
     with torch.no_grad():
-        outputs = [model(chunk) for chunk in x.split(batch_size)]
+        outputs = [model(chunk, with_ridge) for chunk in x.split(batch_size)]
     return torch.cat(outputs).double().cpu().numpy()

@@ -94,6 +94,7 @@ class CovidRegressor(RegressorMixin, BaseEstimator):
         hidden: tuple[int, ...] = _default("hidden"),
         activation: str = _default("activation"),
         dropout: float = _default("dropout"),
+        ridge_blend: float = _default("ridge_blend"),
         init: str = _default("init"),
         init_a: float = _default("init_a"),
         init_b: float = _default("init_b"),

@@ -71,18 +71,36 @@ def preflight(cfg: Config, data: LoadedData, n_train: int) -> None:
     tensorboard_logs.check(cfg)
 
 
+def stop_rows(cfg: Config, fold: bool) -> str:
+    """What ``stop_on`` means for a holdout (``fold=False``: train, --seeds, compare, tune
+    --folds 1) or a cv fold: ``auto`` is ``valid`` for the one and ``train_tail`` for the other.
+
+    A holdout's validation rows are what train chooses its epoch on, as the course code does.
+    A fold is there to estimate the error of that procedure on days it has not seen, so its
+    model early-stops on a holdout of its own training rows, as train does on its training
+    file, and the fold's rows are only scored."""
+    if cfg.stop_on != "auto":
+        return cfg.stop_on
+    return "train_tail" if fold else "valid"
+
+
 def member_for(
-    cfg: Config, data: LoadedData, train_idx: np.ndarray, valid_idx: np.ndarray, seed: int
+    cfg: Config,
+    data: LoadedData,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    seed: int,
+    fold: bool = False,
 ) -> Member:
-    """The engine's model for one split: it fits ``train_idx`` and early-stops on
-    ``valid_idx``, or (``stop_on = "train_tail"``) early-stops on the blocked tail of
-    ``train_idx`` and ``valid_idx`` is only scored."""
+    """The engine's model for one split (a cv fold with ``fold``): it fits ``train_idx`` and
+    early-stops on ``valid_idx``, or (``stop_rows`` is ``train_tail``) early-stops on the
+    blocked tail of ``train_idx`` and ``valid_idx`` is only scored."""
     columns = feature_columns(data.feature_names)
 
     def rows(idx: np.ndarray) -> Arrays:
         return select(data.train, columns, idx)
 
-    if cfg.stop_on == "train_tail":
+    if stop_rows(cfg, fold) == "train_tail":
         fit_idx, stop_idx = stopping_split(data.train.states, train_idx, cfg.valid_ratio, cfg.purge)
         return build_member(
             cfg, data.feature_names, rows(fit_idx), rows(stop_idx), seed, rows(valid_idx)
@@ -140,13 +158,16 @@ def run_metrics(
         "best_epoch": result.best_epoch,
         "valid_mse": result.best_valid_mse,
         "valid_rmse": math.sqrt(result.best_valid_mse),
+        # ridge_blend: the network alone, with the same weights (equal to valid_rmse without)
+        "ridge_blend": cfg.ridge_blend,
+        "network_valid_rmse": math.sqrt(result.network_mse),
         "persistence_valid_rmse": rmse(
             persistence_predict(data.train, valid_idx), data.train.target[valid_idx]
         ),
         "epochs_run": len(result.history),
         "stop_reason": result.stop_reason,
         # train_tail: the best epoch was chosen on the training rows' tail, valid_rmse is honest
-        "stop_on": cfg.stop_on,
+        "stop_on": stop_rows(cfg, fold=False),
         **({} if result.stop_mse is None else {"stop_rmse": math.sqrt(result.stop_mse)}),
         "seconds": round(result.seconds, 3),
         "split": cfg.split,

@@ -80,7 +80,10 @@ class MLP(nn.Module):
 
     The input statistics are buffers fitted on the training split, so the checkpoint carries
     them and a rebuilt model needs no other file. With ``skip_index`` the network predicts the
-    change from that (raw) input and adds it back: the ``delta`` target.
+    change from that (raw) input and adds it back: the ``delta`` target. With ``ridge_blend``
+    w > 0 the prediction (before that skip) is ``(1 - w) * network + w * ridge``, a linear
+    model on the standardised inputs whose weights (buffers, set by ``set_ridge``) are the
+    closed-form ridge regression of the network's own training rows and target.
 
     Training runs in ``covidreg.engine``, on stacks of these models' weights; ``forward`` is the
     same arithmetic (``stack_forward``) for a stack of one, in inference mode (no dropout).
@@ -93,12 +96,17 @@ class MLP(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         skip_index: int | None = None,
+        ridge_blend: float = 0.0,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise CovidRegError(f"unknown activation '{activation}'; use {', '.join(ACTIVATIONS)}")
         self.register_buffer("input_mean", torch.zeros(n_inputs))
         self.register_buffer("input_std", torch.ones(n_inputs))
+        self.ridge_blend = ridge_blend
+        if ridge_blend:  # without a blend the checkpoint keeps the layout it always had
+            self.register_buffer("ridge_weight", torch.zeros(n_inputs))
+            self.register_buffer("ridge_bias", torch.zeros(()))
         self.skip_index = skip_index
         self.activation = activation
         self.dropout = dropout
@@ -125,10 +133,27 @@ class MLP(nn.Module):
         """The input standardisation with the training split's statistics."""
         return (x - self.input_mean) / self.input_std
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_ridge(self, weight: np.ndarray, bias: float) -> None:
+        """The ridge regression's weights on the standardised inputs, and its intercept."""
+        self.ridge_weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        self.ridge_bias.fill_(bias)
+
+    def ridge(self, z: Tensor) -> Tensor:
+        """The ridge regression's prediction for standardised inputs z [..., rows, in]."""
+        return torch.matmul(z, self.ridge_weight) + self.ridge_bias
+
+    def blend(self, network: Tensor, ridge: Tensor) -> Tensor:
+        """(1 - w) * network + w * ridge: the one place the two are combined."""
+        return torch.lerp(network, ridge, self.ridge_blend)
+
+    def forward(self, x: torch.Tensor, with_ridge: bool = True) -> torch.Tensor:
+        """The prediction for raw inputs ``x``; ``with_ridge=False``: the network's alone."""
         layers = [(m.weight.t().unsqueeze(0), m.bias.view(1, 1, -1)) for m in self.linears()]
         activation = ACTIVATIONS[self.activation]()
-        out = stack_forward(layers, self.normalize(x).unsqueeze(0), activation).view(-1)
+        z = self.normalize(x)
+        out = stack_forward(layers, z.unsqueeze(0), activation).view(-1)
+        if self.ridge_blend and with_ridge:
+            out = self.blend(out, self.ridge(z))
         if self.skip_index is not None:
             out = out + x[:, self.skip_index]
         return out
@@ -188,6 +213,7 @@ def build_model(cfg: Config, feature_names: list[str]) -> MLP:
         activation=cfg.activation,
         dropout=cfg.dropout,
         skip_index=skip_index_for(cfg, feature_names),
+        ridge_blend=cfg.ridge_blend,
     )
     init_weights(model, cfg)
     return model

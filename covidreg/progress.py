@@ -148,6 +148,13 @@ def _epoch_progress() -> Progress:
     )
 
 
+def blend_note(weight: float) -> str:
+    """How a ridge_blend model predicts, after its RMSE."""
+    if not weight:
+        return ""
+    return f" ({1 - weight:g} x network + {weight:g} x ridge)"
+
+
 def train_summary(result: Any, quiet: bool) -> None:
     """A summary table (unless quiet) and the result line."""
     m = result.metrics
@@ -173,7 +180,12 @@ def train_summary(result: Any, quiet: bool) -> None:
                 else []
             ),
             ("valid MSE", f"{m['valid_mse']:.5f}"),
-            ("valid RMSE", f"{m['valid_rmse']:.5f}"),
+            ("valid RMSE", f"{m['valid_rmse']:.5f}" + blend_note(m.get("ridge_blend", 0.0))),
+            *(
+                [("network alone RMSE", f"{m['network_valid_rmse']:.5f}")]
+                if m.get("ridge_blend")
+                else []
+            ),
             ("persistence RMSE", f"{m['persistence_valid_rmse']:.5f} (day 3 = day 2)"),
             ("seconds", f"{m['seconds']:.2f}"),
             ("outputs", str(result.run_dir)),
@@ -250,6 +262,7 @@ def cv_summary(result: Any, quiet: bool) -> None:
             title=f"covidreg cv: {result.n_folds} {result.split} folds", title_justify="left"
         )
         found = s.get("lr_source") == "lr-find"  # --lr auto: each fold's own rate
+        blended = bool(s.get("ridge_blend"))  # and the network alone beside the blend
         for name in (
             "fold",
             "train rows",
@@ -259,6 +272,7 @@ def cv_summary(result: Any, quiet: bool) -> None:
             *(["lr (auto)"] if found else []),
             "valid MSE",
             "valid RMSE",
+            *(["network"] if blended else []),
             "persistence",
             "ridge",
             "seconds",
@@ -274,6 +288,7 @@ def cv_summary(result: Any, quiet: bool) -> None:
                 *([f"{f.lr:.3g}"] if found else []),
                 f"{f.valid_mse:.4f}",
                 f"{f.valid_rmse:.4f}",
+                *([f"{f.network_rmse:.4f}"] if blended else []),
                 f"{f.persistence_rmse:.4f}",
                 f"{f.ridge_rmse:.4f}",
                 f"{f.seconds:.1f}",
@@ -284,6 +299,7 @@ def cv_summary(result: Any, quiet: bool) -> None:
                 label,
                 *[""] * (6 if found else 5),
                 f"{s['valid_rmse'][key]:.4f}",
+                *([f"{s['network_rmse'][key]:.4f}"] if blended else []),
                 f"{s['persistence_rmse'][key]:.4f}",
                 f"{s['ridge_rmse'][key]:.4f}",
                 f"{s['fold_seconds'][key]:.1f}",

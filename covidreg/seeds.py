@@ -106,7 +106,7 @@ def train_seeds(
     holdouts = [(train_idx, valid_idx)] * n_seeds
     shown = dataclasses.replace(events, on_fold_fitted=on_fold_fitted)
     with artifacts.Plots() as plots:
-        cross_validate(cfg, data, holdouts, shown, seeds=seeds)
+        cross_validate(cfg, data, holdouts, shown, seeds=seeds, holdouts=True)
         plots.finish()
     return _summarize(cfg, run_dir, runs, data)
 

@@ -47,6 +47,14 @@ def test_train_writes_every_output(hw01_files: dict[str, Path], tmp_path: Path) 
     history = (out / "history.csv").read_text().splitlines()
     assert history[0] == "epoch,train_loss,valid_loss,lr"
     assert len(history) == 13
+    # the defaults: train's holdout early-stops on its validation rows (stop_on auto), where the
+    # network alone has the history's best loss; the reported RMSE is the ridge blend's
+    assert (metrics["stop_on"], metrics["ridge_blend"]) == ("valid", 0.5)
+    assert "stop_rmse" not in metrics
+    best = min(float(line.split(",")[2]) for line in history[1:])
+    assert metrics["network_valid_rmse"] == pytest.approx(best**0.5, rel=1e-12)
+    assert metrics["valid_rmse"] != pytest.approx(metrics["network_valid_rmse"], rel=1e-6)
+    assert "network alone RMSE" in result.stderr
     resolved = resolve_config(out / "config.toml")
     assert resolved.epochs == 12 and resolved.batch_size == 16
 

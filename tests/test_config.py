@@ -45,6 +45,7 @@ def every_field_changed() -> Config:
         "hidden": [64, 16],
         "valid_ratio": 1 / 3,
         "dropout": 0.1,
+        "ridge_blend": 0.25,
         "init_a": -0.3,
         "init_b": 0.7,
         "init_mean": 0.01,
@@ -307,6 +308,9 @@ def test_dict_round_trip_and_missing_keys_get_defaults() -> None:
     old = to_dict(cfg)
     del old["min_delta"]  # a checkpoint written before the key existed
     assert from_dict(old).min_delta == Config().min_delta
+    # a checkpoint saved before ridge_blend existed holds the network alone
+    del old["ridge_blend"]
+    assert Config().ridge_blend > 0 and from_dict(old).ridge_blend == 0.0
     with pytest.raises(CovidRegError, match="unknown config key 'lr_decay'"):
         from_dict({"lr_decay": 0.1})
 

@@ -34,6 +34,7 @@ CV_COLUMNS = [
     "best_epoch",
     "valid_mse",
     "valid_rmse",
+    "network_rmse",
     "persistence_rmse",
     "ridge_rmse",
     "lr",
@@ -188,6 +189,12 @@ def test_fold_models_load_and_score_their_validation_rows(
         rmse = math.sqrt(float(np.mean((pred - table[valid_idx, TARGET]) ** 2)))
         # the saved model is the best epoch's: its validation RMSE is the one reported
         assert rmse == pytest.approx(float(row["valid_rmse"]), rel=1e-4)
+        # the default blends the network with a ridge; network_rmse is the network alone
+        assert loaded.config.ridge_blend == 0.5
+        alone = predict(loaded.model, x, with_ridge=False)
+        network = math.sqrt(float(np.mean((alone - table[valid_idx, TARGET]) ** 2)))
+        assert network == pytest.approx(float(row["network_rmse"]), rel=1e-4)
+        assert network != pytest.approx(rmse, rel=1e-4)
         history = (cv_run / f"fold_{k}" / "history.csv").read_text().splitlines()
         assert history[0] == "epoch,train_loss,valid_loss,lr" and len(history) == 7
 
@@ -314,11 +321,13 @@ def test_baselines_equal_hand_computations(cv_run: Path, data: dict[str, Path]) 
 # --- stop_on = train_tail ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stop_on", ["valid", "train_tail"])
+@pytest.mark.parametrize("stop_on", ["valid", "train_tail", "auto"])
 def test_with_train_tail_the_validation_rows_are_only_scored(
     data: dict[str, Path], tmp_path: Path, stop_on: str
 ) -> None:
-    # the validation rows' targets changed: with train_tail the training must not notice
+    # the validation rows' targets changed: with train_tail (auto, the default, is train_tail
+    # for cv folds) the training must not notice
+    stops_on = "valid" if stop_on == "valid" else "train_tail"
     rows = synthetic_rows(N_STATES, N_WINDOWS, seed=0)
     folds = list(make_kfold("blocked", 3, purge=2).split(STATES))
     changed = rows.copy()
@@ -333,9 +342,9 @@ def test_with_train_tail_the_validation_rows_are_only_scored(
         runs[name] = tmp_path / name
     same = (runs["same"] / "fold_2" / "history.csv").read_text()
     assert (same == (runs["changed"] / "fold_2" / "history.csv").read_text()) == (
-        stop_on == "train_tail"
+        stops_on == "train_tail"
     )
-    assert json.loads((runs["same"] / "summary.json").read_text())["stop_on"] == stop_on
+    assert json.loads((runs["same"] / "summary.json").read_text())["stop_on"] == stops_on
     # the reported RMSE is the fold model's on its validation rows, whatever it stopped on
     table = load_data(resolve_config(None, {"train_csv": str(data["train"]), "test_csv": ""}))
     for k, row in enumerate(read_cv_csv(runs["same"] / "cv.csv")):

@@ -56,6 +56,7 @@ def config(**changes: Any) -> Config:
         "checkpoint_every": 0,
         "threads": 1,
         "device": "cpu",  # the bit-for-bit claims here are the CPU's
+        "ridge_blend": 0.0,  # the network alone; the blend has tests of its own
     }
     return dataclasses.replace(Config(), **{**base, **changes})
 
@@ -585,3 +586,49 @@ def test_predict_gives_float64_in_chunks() -> None:
     assert out.dtype == np.float64 and out.shape == (20,)
     with torch.no_grad():
         np.testing.assert_allclose(out, member.model(x).double().numpy(), rtol=1e-6)
+
+
+# --- ridge_blend ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weight", [0.5, 1.0])
+def test_the_blend_is_the_network_and_a_ridge_fitted_on_its_rows(weight: float) -> None:
+    from sklearn.linear_model import Ridge
+
+    (alone,) = fit_members(config(patience=5), make_members(config(patience=5)))
+    cfg = config(patience=5, ridge_blend=weight)
+    members = make_members(cfg)
+    (blended,) = fit_members(cfg, members)
+    # early stopping watched the network alone: the same epochs and the same weights
+    assert blended.result.history == alone.result.history
+    assert blended.result.best_epoch == alone.result.best_epoch
+    assert torch.equal(flatten(blended.model), flatten(alone.model))
+
+    # the ridge is scikit-learn's Ridge(alpha=1) on the standardised training rows, fitted to
+    # the network's target: the change from tested_positive_d2
+    model, train, valid = blended.model, members[0].train, members[0].valid
+    skip = NAMES.index("tested_positive_d2")
+    assert model.skip_index == skip
+    z = model.normalize(torch.from_numpy(train.x)).double().numpy()
+    reference = Ridge(alpha=1.0).fit(z, train.y - train.x[:, skip])
+    np.testing.assert_allclose(model.ridge_weight.numpy(), reference.coef_, rtol=1e-5, atol=1e-6)
+    assert float(model.ridge_bias) == pytest.approx(reference.intercept_, rel=1e-6)
+
+    x = torch.from_numpy(valid.x)
+    network = predict(alone.model, x) - valid.x[:, skip]
+    ridge = reference.predict(model.normalize(x).double().numpy())
+    expected = (1 - weight) * network + weight * ridge + valid.x[:, skip]
+    np.testing.assert_allclose(predict(model, x), expected, rtol=1e-5, atol=1e-5)
+    # the reported RMSE is the blend's, on the validation rows
+    assert blended.result.best_valid_mse == pytest.approx(plain_mse(model, valid), rel=1e-12)
+    assert blended.result.best_valid_mse != alone.result.best_valid_mse
+    assert blended.result.network_mse == alone.result.best_valid_mse == alone.result.network_mse
+
+
+def test_without_a_blend_the_model_has_no_ridge_buffers() -> None:
+    (fitted,) = fit_members(config(), make_members(config()))
+    assert set(fitted.model.state_dict()) == {
+        "input_mean", "input_std", "body.0.weight", "body.0.bias", "head.weight", "head.bias",
+    }  # fmt: skip
+    (blended,) = fit_members(config(ridge_blend=0.5), make_members(config(ridge_blend=0.5)))
+    assert {"ridge_weight", "ridge_bias"} < set(blended.model.state_dict())

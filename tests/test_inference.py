@@ -22,7 +22,7 @@ runner = CliRunner()
 # Every non-default choice must come back from the checkpoint: predict takes no model flags.
 MODEL_FLAGS = (
     "--hidden", "12,6", "--activation", "tanh", "--features", "strong_states",
-    "--target", "delta", "--dropout", "0.1", "--init", "xavier_normal",
+    "--target", "delta", "--dropout", "0.1", "--init", "xavier_normal", "--ridge-blend", "0.3",
 )  # fmt: skip
 
 
@@ -108,8 +108,29 @@ def test_checkpoint_alone_rebuilds_the_model(
     assert loaded.config.hidden == [12, 6]
     assert (loaded.config.activation, loaded.config.target) == ("tanh", "delta")
     assert loaded.config.dropout == 0.1
+    assert loaded.config.ridge_blend == loaded.model.ridge_blend == 0.3
+    assert torch.count_nonzero(loaded.model.ridge_weight) > 0  # the fitted ridge came back
     assert loaded.feature_names[:2] == ["AL", "AK"] and len(loaded.feature_names) == 54
     assert not loaded.model.training, "a loaded model predicts in eval mode"
+
+
+def test_a_checkpoint_from_before_ridge_blend_predicts_as_it_was_trained(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    # a run of the network alone, saved as an earlier version did: no ridge_blend key, no
+    # ridge buffers
+    out = tmp_path / "net"
+    args = ["train", *data_args(data), "--epochs", "5", "--batch-size", "16"]
+    result = runner.invoke(app, [*args, "--ridge-blend", "0", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.stderr
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert not any(k.startswith("ridge") for k in ckpt["state_dict"])
+    del ckpt["config"]["ridge_blend"]
+    torch.save(ckpt, tmp_path / "earlier.pt")
+    assert load_model(tmp_path / "earlier.pt").config.ridge_blend == 0.0
+    code, _, stderr = predict(tmp_path / "earlier.pt", data["test"], tmp_path / "p.csv", "-q")
+    assert code == 0, stderr
+    assert (tmp_path / "p.csv").read_bytes() == (out / "pred.csv").read_bytes()
 
 
 def test_training_format_csv_is_scored(

@@ -184,6 +184,7 @@ def test_cv_lr_auto_finds_each_folds_rate_on_its_own_training_rows(
     from covidreg.experiment import load_data
     from covidreg.lr_find import find_rate
     from covidreg.schema import feature_columns, select
+    from covidreg.splits import stopping_split
 
     out = tmp_path / "cv"
     args = ["cv", "--folds", "3", "--train-csv", str(hw01_files["train"]), "--test-csv", ""]
@@ -194,16 +195,18 @@ def test_cv_lr_auto_finds_each_folds_rate_on_its_own_training_rows(
     cfg = files_config(hw01_files, lr="auto")
     data = load_data(cfg)
     columns = feature_columns(data.feature_names)
-    expected = [
-        find_rate(
+    expected = []
+    for k, (train_idx, _) in enumerate(make_folds(cfg, data, 3), start=1):
+        # a fold's model fits its training rows but their blocked tail, and stops on that tail
+        fit_idx, stop_idx = stopping_split(data.train.states, train_idx, 0.2, 2)
+        found = find_rate(
             cfg,
             data.feature_names,
-            select(data.train, columns, train_idx),
-            select(data.train, columns, valid_idx),
+            select(data.train, columns, fit_idx),
+            select(data.train, columns, stop_idx),
             fold_seed(cfg.seed, k),
-        )["lr"]
-        for k, (train_idx, valid_idx) in enumerate(make_folds(cfg, data, 3), start=1)
-    ]
+        )
+        expected.append(found["lr"])
     assert [float(r["lr"]) for r in read_rows(out / "cv.csv")] == expected
     assert json.loads((out / "summary.json").read_text())["lr_source"] == "lr-find"
     fold = torch.load(out / "fold_2" / "model.pt", weights_only=True)

@@ -126,28 +126,44 @@ def reference_forward(model: MLP, x: torch.Tensor) -> torch.Tensor:
         layers += [plain_linear, ACTIVATIONS[model.activation]()]
     plain = nn.Sequential(*layers[:-1]).eval()
     with torch.no_grad():
-        out = plain((x - model.input_mean) / model.input_std).squeeze(-1)
+        z = (x - model.input_mean) / model.input_std
+        out = plain(z).squeeze(-1)
+        if model.ridge_blend:  # (1 - w) * network + w * (the ridge's z @ weight + bias)
+            ridge = nn.Linear(len(model.input_mean), 1)
+            ridge.weight.copy_(model.ridge_weight.view(1, -1))
+            ridge.bias.copy_(model.ridge_bias.view(1))
+            w = model.ridge_blend
+            out = (1 - w) * out + w * ridge(z).squeeze(-1)
     return out if model.skip_index is None else out + x[:, model.skip_index]
 
 
 @pytest.mark.parametrize(
-    ("hidden", "activation", "dropout", "target"),
+    ("hidden", "activation", "dropout", "target", "ridge_blend"),
     [
-        ([16], "relu", 0.0, "level"),
-        ([16, 8], "gelu", 0.5, "delta"),
-        ([], "tanh", 0.0, "delta"),
-        ([1], "selu", 0.2, "level"),
+        ([16], "relu", 0.0, "level", 0.0),
+        ([16, 8], "gelu", 0.5, "delta", 0.0),
+        ([], "tanh", 0.0, "delta", 0.5),
+        ([1], "selu", 0.2, "level", 0.3),
+        ([16], "relu", 0.0, "delta", 0.5),
     ],
 )
 def test_forward_is_the_plain_sequential_computation_without_dropout(
-    hidden: list[int], activation: str, dropout: float, target: str
+    hidden: list[int], activation: str, dropout: float, target: str, ridge_blend: float
 ) -> None:
     """Training runs in the engine; ``forward`` is inference: no dropout in either mode."""
     torch.manual_seed(0)
-    cfg = config(hidden=hidden, activation=activation, dropout=dropout, target=target)
+    cfg = config(
+        hidden=hidden,
+        activation=activation,
+        dropout=dropout,
+        target=target,
+        ridge_blend=ridge_blend,
+    )
     model = build_model(cfg, STRONG)
     rng = np.random.default_rng(1)
     model.set_normalization(rng.normal(10, 3, 14), rng.uniform(0.5, 4, 14))
+    if ridge_blend:
+        model.set_ridge(rng.normal(0, 1, 14), 0.7)
     x = torch.randn(50, 14) * 4 + 10
     expected = reference_forward(model, x)
     for training in (True, False):
@@ -385,7 +401,7 @@ def test_delta_target_needs_tested_positive_d2() -> None:
 
 def test_normalization_is_applied_in_forward_and_saved() -> None:
     torch.manual_seed(5)
-    model = build_model(config(hidden=[8], target="level"), STRONG)
+    model = build_model(config(hidden=[8], target="level", ridge_blend=0.0), STRONG)
     rng = np.random.default_rng(0)
     mean, std = rng.normal(10, 3, 14), rng.uniform(0.5, 4, 14)
     x = torch.randn(7, 14) * 4 + 10
@@ -400,7 +416,7 @@ def test_normalization_is_applied_in_forward_and_saved() -> None:
     state = model.state_dict()
     torch.testing.assert_close(state["input_mean"], torch.tensor(mean, dtype=torch.float32))
     torch.testing.assert_close(state["input_std"], torch.tensor(std, dtype=torch.float32))
-    rebuilt = build_model(config(hidden=[8], target="level"), STRONG)
+    rebuilt = build_model(config(hidden=[8], target="level", ridge_blend=0.0), STRONG)
     rebuilt.load_state_dict(state)
     assert torch.equal(rebuilt(x), model(x))
     assert "input_mean" not in dict(model.named_parameters())

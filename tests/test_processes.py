@@ -49,6 +49,7 @@ def make_cfg(train_csv: str, **overrides: Any) -> Config:
         "lr": 3e-3,
         "checkpoint_every": 0,
         "stack_size": 2,  # stacks of folds 1-2, 3-4 and 5
+        "stop_on": "valid",  # the folds fit the rows above (auto would stop on their tails)
         "device": "cpu",  # processes share CPU cores; on a GPU there is one process
     }
     values.update(overrides)

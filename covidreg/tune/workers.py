@@ -109,6 +109,7 @@ def evaluate(
         FoldEvents(on_fold_fitted=on_fold_fitted, after_epoch=after_epoch),
         processes=False,
         seeds=[seed for _, _, seed in splits],
+        holdouts=n_folds == 1,
     )
     return [math.sqrt(f.result.best_valid_mse) for f in fitted]
 
