@@ -10,8 +10,9 @@ Early stopping needs validation rows of its own, never the fold's: scikit-learn'
 its documented random ``validation_fraction``; skorch and LightGBM fit on the rest of the
 training fold and stop on its blocked tail (``inner_blocked_split``: covidreg's blocked holdout,
 the last ``valid_ratio`` of each state's training days with ``purge`` windows before them
-dropped, the split of ``covidreg train``). ``covidreg_protocol`` makes a peer fit on the whole
-training fold and stop on the fold's validation rows instead, as ``covidreg cv`` does.
+dropped, the split of ``covidreg train``), as ``covidreg cv``'s folds do by default.
+``covidreg_protocol`` makes a peer fit on the whole training fold and stop on the fold's
+validation rows instead, as ``covidreg cv --stop-on valid`` does.
 
 These libraries are bench dependencies (the ``bench`` extra), never covidreg's.
 """
@@ -86,8 +87,8 @@ def make_fold(
     valid_idx: np.ndarray,
     stop_on_valid: bool = False,
 ) -> Fold:
-    """``stop_on_valid``: ``covidreg cv``'s way, fit on the whole training fold and stop on
-    the fold's validation rows (the rows that are then scored)."""
+    """``stop_on_valid``: as ``covidreg cv --stop-on valid``, fit on the whole training fold
+    and stop on the fold's validation rows (the rows that are then scored)."""
     x, y = table.features[:, feature_columns(feature_names)], table.target
     x_train, y_train = x[train_idx], y[train_idx]
     if stop_on_valid:
@@ -204,8 +205,8 @@ def delta_target(peer: Peer, skip: int) -> Peer:
 
 
 def covidreg_protocol(peer: Peer) -> Peer:
-    """``peer`` stopped on the fold's validation rows, as ``covidreg cv`` stops its networks."""
-    name = f"{peer.name}, stopped on the fold's valid rows as covidreg cv"
+    """``peer`` stopped on the fold's validation rows, as ``covidreg cv --stop-on valid``."""
+    name = f"{peer.name}, stopped on the fold's valid rows (as stop_on = valid)"
     return replace(peer, name=name, stop_on_valid=True)
 
 

@@ -40,7 +40,9 @@ from covidreg.seeds import seed_list  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DEFAULT_LABEL = "covidreg default.toml (recommended setup)"
-HONEST_LABEL = "covidreg default, stop_on = train_tail (stopped on its training rows, as the peers)"
+OPTIMISTIC_LABEL = (
+    "covidreg default, stop_on = valid (early-stopped on the scored rows, as the course code)"
+)
 
 # (row label, features, config file, extra flags); every row uses the blocked split.
 CONFIGS = [
@@ -58,10 +60,17 @@ CONFIGS = [
     ),
     (DEFAULT_LABEL, "strong (14)", "configs/default.toml", []),
     (
-        HONEST_LABEL,
+        "covidreg default's network alone (ridge_blend = 0)",
         "strong (14)",
         "configs/default.toml",
-        ["--stop-on", "train_tail"],
+        ["--ridge-blend", "0"],
+    ),
+    (OPTIMISTIC_LABEL, "strong (14)", "configs/default.toml", ["--stop-on", "valid"]),
+    (
+        "covidreg default's network alone, stop_on = valid",
+        "strong (14)",
+        "configs/default.toml",
+        ["--ridge-blend", "0", "--stop-on", "valid"],
     ),
 ]
 # Peers that predict the level clearly worse than the change from tested_positive_d2 get a
@@ -205,7 +214,7 @@ def win_record(default: Row, row: Row) -> str:
 
 def tables(rows: list[Row], n_folds: int, n_seeds: int) -> str:
     default = next(r for r in rows if r.label == DEFAULT_LABEL)
-    honest = next(r for r in rows if r.label == HONEST_LABEL)
+    optimistic = next(r for r in rows if r.label == OPTIMISTIC_LABEL)
     lines = [
         f"Blocked {n_folds}-fold cross-validation on covid.train.csv, valid RMSE of "
         "tested_positive (lower is better), every row on the same folds. Seeded rows: mean over "
@@ -213,15 +222,16 @@ def tables(rows: list[Row], n_folds: int, n_seeds: int) -> str:
         f"{n_folds}-fold means (seed luck), ± folds the std over folds of the seed-mean (how "
         "much the days differ). The baselines and RidgeCV are one fit per fold: zero seed "
         "spread. The last columns are covidreg default's record against the row, fold by fold: "
-        "as `covidreg cv` runs it (early-stopped on the scored rows), and with `stop_on = "
-        "train_tail` (early-stopped on its training rows, as the peers are).",
+        "as `covidreg cv` runs it (each fold early-stopped on a blocked tail of its training "
+        "rows, as the peers are, and only scored on its validation rows), and with `stop_on = "
+        "valid` (early-stopped on the scored rows themselves: optimistic).",
         "",
         "| model | features | cv RMSE | ± seeds | ± folds | covidreg default | "
-        "default, train_tail |",
+        "default, stop_on = valid |",
         "| --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
-        records = ["-" if r is mine else win_record(mine, r) for mine in (default, honest)]
+        records = ["-" if r is mine else win_record(mine, r) for mine in (default, optimistic)]
         lines.append(
             f"| {r.label} | {r.features} | {r.rmse.mean():.4f} | {r.seed_std:.4f} | "
             f"{r.fold_std:.4f} | {records[0]} | {records[1]} |"
