@@ -182,7 +182,8 @@ def train(
     *,
     overrides: dict[str, Any],
 ) -> None:
-    """Train one MLP with a train/valid split, early stopping and test predictions.
+    """Train one MLP (blended with a ridge regression: --ridge-blend) with a train/valid split,
+    early stopping on the valid rows and test predictions.
 
     Example: [bold]covidreg train --config configs/sample.toml --lr 3e-3 --out runs/try1[/bold]
     """
@@ -237,6 +238,9 @@ def cv(
     overrides: dict[str, Any],
 ) -> None:
     """K-fold cross-validation: per-fold RMSE, mean ± std, and the persistence/ridge baselines.
+
+    Each fold trains as train does, early-stopping on its training rows' blocked tail.
+    Its validation rows are only scored (--stop-on auto; valid stops on them instead).
 
     Example: [bold]covidreg cv --folds 5 --config configs/sample.toml --split interleaved[/bold]
     """
