@@ -372,15 +372,14 @@ class Engine:
         member.model.to(self.device)
         # early stopping watched the network's own loss, on the validation rows or (train_tail)
         # on others; what is reported is the whole model's (the blend's) on the validation rows
-        best, stop_mse = member.stopper.best, None
-        scored_mse = network_mse = best
-        if member.scored is not None:
-            stop_mse = best
-            network_mse = _mse(member.model, member.scored, self.device, with_ridge=False)
-            scored_mse = network_mse
-        if self.cfg.ridge_blend:
-            rows = member.valid if member.scored is None else member.scored
-            scored_mse = _mse(member.model, rows, self.device)
+        best = member.stopper.best
+        stopped_elsewhere = member.scored is not None
+        rows = member.scored if stopped_elsewhere else member.valid
+        network_mse = (
+            _mse(member.model, rows, self.device, with_ridge=False) if stopped_elsewhere else best
+        )
+        scored_mse = _mse(member.model, rows, self.device) if self.cfg.ridge_blend else network_mse
+        stop_mse = best if stopped_elsewhere else None
         result = FitResult(
             history=list(member.history),
             best_epoch=member.stopper.best_epoch,

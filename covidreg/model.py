@@ -142,18 +142,14 @@ class MLP(nn.Module):
         """The ridge regression's prediction for standardised inputs z [..., rows, in]."""
         return torch.matmul(z, self.ridge_weight) + self.ridge_bias
 
-    def blend(self, network: Tensor, ridge: Tensor) -> Tensor:
-        """(1 - w) * network + w * ridge: the one place the two are combined."""
-        return torch.lerp(network, ridge, self.ridge_blend)
-
     def forward(self, x: torch.Tensor, with_ridge: bool = True) -> torch.Tensor:
         """The prediction for raw inputs ``x``; ``with_ridge=False``: the network's alone."""
         layers = [(m.weight.t().unsqueeze(0), m.bias.view(1, 1, -1)) for m in self.linears()]
         activation = ACTIVATIONS[self.activation]()
         z = self.normalize(x)
         out = stack_forward(layers, z.unsqueeze(0), activation).view(-1)
-        if self.ridge_blend and with_ridge:
-            out = self.blend(out, self.ridge(z))
+        if self.ridge_blend and with_ridge:  # (1 - w) * network + w * ridge
+            out = torch.lerp(out, self.ridge(z), self.ridge_blend)
         if self.skip_index is not None:
             out = out + x[:, self.skip_index]
         return out

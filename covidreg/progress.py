@@ -158,6 +158,7 @@ def blend_note(weight: float) -> str:
 def train_summary(result: Any, quiet: bool) -> None:
     """A summary table (unless quiet) and the result line."""
     m = result.metrics
+    blend = m["ridge_blend"]
     if result.message:
         warn(result.message)
     if not quiet:
@@ -180,12 +181,8 @@ def train_summary(result: Any, quiet: bool) -> None:
                 else []
             ),
             ("valid MSE", f"{m['valid_mse']:.5f}"),
-            ("valid RMSE", f"{m['valid_rmse']:.5f}" + blend_note(m.get("ridge_blend", 0.0))),
-            *(
-                [("network alone RMSE", f"{m['network_valid_rmse']:.5f}")]
-                if m.get("ridge_blend")
-                else []
-            ),
+            ("valid RMSE", f"{m['valid_rmse']:.5f}" + blend_note(blend)),
+            *([("network alone RMSE", f"{m['network_valid_rmse']:.5f}")] if blend else []),
             ("persistence RMSE", f"{m['persistence_valid_rmse']:.5f} (day 3 = day 2)"),
             ("seconds", f"{m['seconds']:.2f}"),
             ("outputs", str(result.run_dir)),
