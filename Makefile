@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 COVIDREG := $(VENV)/bin/covidreg
 STAMP := $(VENV)/.installed
-# The real HW01 files for the real-data tests (CI points this at ../shared/hw01).
+# The real HW01 files for the real-data tests and the commands' default paths (CI points these
+# at ../shared/hw01 and ../shared/hw01-2022).
 export COVIDREG_DATA_DIR ?= $(CURDIR)/data
+export COVIDREG_DATA_DIR_2022 ?= $(CURDIR)/data/2022
 TORCH_VERSION ?= 2.13.0
 
 .PHONY: install train cv test test-fast lint format bench results docs clean

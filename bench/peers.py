@@ -39,7 +39,8 @@ from threadpoolctl import threadpool_limits
 from covidreg.baselines import rmse
 from covidreg.config import Config
 from covidreg.crossval import fold_seed
-from covidreg.schema import HW01Table, feature_columns
+from covidreg.dayorder import DayOrder
+from covidreg.schema import HW01Table
 from covidreg.splits import holdout_split
 
 HIDDEN = 16  # covidreg's default network: one hidden layer of 16 ReLU units
@@ -74,10 +75,10 @@ class Peer:
     stop_on_valid: bool = False  # see make_fold
 
 
-def inner_blocked_split(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def inner_blocked_split(order: DayOrder) -> tuple[np.ndarray, np.ndarray]:
     """covidreg's blocked holdout of the training fold's rows (default valid_ratio, purge)."""
     cfg = Config()
-    return holdout_split(states, "blocked", cfg.valid_ratio, purge=cfg.purge)
+    return holdout_split(order, "blocked", cfg.valid_ratio, purge=cfg.purge)
 
 
 def make_fold(
@@ -89,11 +90,11 @@ def make_fold(
 ) -> Fold:
     """``stop_on_valid``: as ``covidreg cv --stop-on valid``, fit on the whole training fold
     and stop on the fold's validation rows (the rows that are then scored)."""
-    x, y = table.features[:, feature_columns(feature_names)], table.target
+    x, y = table.features[:, table.columns(feature_names)], table.target
     x_train, y_train = x[train_idx], y[train_idx]
     if stop_on_valid:
         return Fold(x_train, y_train, x[valid_idx], x_train, y_train, x[valid_idx], y[valid_idx])
-    fit, stop = inner_blocked_split(table.states[train_idx])
+    fit, stop = inner_blocked_split(table.order.take(train_idx))
     return Fold(
         x_train, y_train, x[valid_idx], x_train[fit], y_train[fit], x_train[stop], y_train[stop]
     )

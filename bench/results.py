@@ -35,7 +35,6 @@ from peers import PEERS, Peer, covidreg_protocol, delta_target, peer_fold_rmse  
 from covidreg.config import Config  # noqa: E402
 from covidreg.crossval import make_folds  # noqa: E402
 from covidreg.experiment import load_data  # noqa: E402
-from covidreg.schema import FEATURE_NAMES, resolve_features  # noqa: E402
 from covidreg.seeds import seed_list  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -165,11 +164,15 @@ def peer_rows(data_dir: Path, n_folds: int, n_seeds: int, jobs: int) -> list[Row
     data = load_data(cfg, with_test=False)
     folds = make_folds(cfg, data, n_folds)
     seeds = seed_list(cfg.seed, n_seeds)
-    default_names = resolve_features(cfg.features)
+    default_names = data.feature_names
+    every = list(data.layout.feature_names)
     tasks = [
         (features, names, peer)
-        for features, names in (("strong (14)", default_names), ("all (93)", list(FEATURE_NAMES)))
-        for peer in peer_variants(names, names == default_names)
+        for features, names in (
+            (f"strong ({len(default_names)})", default_names),
+            (f"all ({len(every)})", every),
+        )
+        for peer in peer_variants(names, data.layout.last_known, names == default_names)
     ]
     start = time.perf_counter()
     # spawn: a fresh interpreter per worker, not a fork of one that has loaded torch's threads
@@ -186,9 +189,9 @@ def peer_rows(data_dir: Path, n_folds: int, n_seeds: int, jobs: int) -> list[Row
     return rows
 
 
-def peer_variants(names: list[str], default_features: bool) -> list[Peer]:
+def peer_variants(names: list[str], last_known: str, default_features: bool) -> list[Peer]:
     """Each peer as documented, then its delta-target row and covidreg's protocol row."""
-    skip = names.index("tested_positive_d2")
+    skip = names.index(last_known)
     variants = []
     for peer in PEERS:
         variants.append(peer)

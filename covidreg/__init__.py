@@ -1,4 +1,5 @@
-"""covidreg: a reproducible, fast regression trainer for the ML2021 Spring HW1 COVID-19 data.
+"""covidreg: a reproducible, fast regression trainer for the NTU ML HW1 COVID-19 data (the
+2021, 2022 and 2023 editions, and files of the same shape).
 
 From Python::
 
@@ -35,20 +36,22 @@ _EXPORTS = {
     "Config": "covidreg.config",
     "CovidRegError": "covidreg.errors",
     "CovidRegressor": "covidreg.estimator",
-    "FEATURE_NAMES": "covidreg.schema",
-    "TARGET": "covidreg.schema",
+    "layout_of": "covidreg.api",
+    "Layout": "covidreg.layout",
+    "EDITIONS": "covidreg.layout",
 }
 __all__ = [
-    "FEATURE_NAMES",
-    "TARGET",
+    "EDITIONS",
     "Config",
     "CovidRegError",
     "CovidRegressor",
     "CvResult",
+    "Layout",
     "Model",
     "TrainResult",
     "__version__",
     "cv",
+    "layout_of",
     "load",
     "predict",
     "read_hw01",
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
         Model,
         TrainResult,
         cv,
+        layout_of,
         load,
         predict,
         read_hw01,
@@ -71,7 +75,7 @@ if TYPE_CHECKING:
     from covidreg.config import Config
     from covidreg.errors import CovidRegError
     from covidreg.estimator import CovidRegressor
-    from covidreg.schema import FEATURE_NAMES, TARGET
+    from covidreg.layout import EDITIONS, Layout
 
 
 def __getattr__(name: str) -> Any:

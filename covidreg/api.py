@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from covidreg.crossval import FoldResult
     from covidreg.inference import LoadedModel
+    from covidreg.layout import Layout
     from covidreg.schema import HW01Table
 
     ConfigLike = Config | str | Path | dict[str, Any] | None
@@ -33,12 +34,19 @@ if TYPE_CHECKING:
 
 
 def read_hw01(path: str | Path) -> pd.DataFrame:
-    """An HW01 CSV, validated, as a DataFrame indexed by id: the 93 features named by day
-    (``cli_d1`` ... ``tested_positive_d2``, ``covidreg.FEATURE_NAMES``), then the target
-    ``tested_positive_d3`` for a training file."""
+    """An HW01 CSV of any edition, validated, as a DataFrame indexed by id: the input features
+    named by day (``cli_d1`` ... ``tested_positive_d2`` in 2021; ``layout_of(frame)
+    .feature_names``), then the target (``tested_positive_d3`` in 2021) for a training
+    file."""
     from covidreg.schema import hw01_frame, read_hw01_csv
 
     return hw01_frame(read_hw01_csv(path, require_target=None, what="CSV"))
+
+
+def layout_of(data: DataLike) -> Layout:
+    """The layout (states, daily columns, days per window; ``.edition``, ``.feature_names``,
+    ``.target``) of an HW01 CSV or DataFrame."""
+    return _table(data).layout
 
 
 def _history_frame(history: list[Any]) -> pd.DataFrame:

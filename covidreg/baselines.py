@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from covidreg.schema import FEATURE_NAMES, HW01Table, feature_columns, fit_standardization
+from covidreg.schema import HW01Table, fit_standardization
 
 RIDGE_ALPHA = 1.0  # on standardised features; small next to the ~2000 training rows
 
 
 def persistence_predict(table: HW01Table, rows: np.ndarray) -> np.ndarray:
-    """Day 3 = day 2: tomorrow's tested_positive is today's."""
-    return table.features[rows, FEATURE_NAMES.index("tested_positive_d2")]
+    """Day D = day D-1 (day 3 = day 2 for 3-day windows): tomorrow's tested_positive is
+    today's."""
+    return table.features[rows, table.columns([table.layout.last_known])[0]]
 
 
 def ridge_fit_predict(
@@ -26,9 +27,9 @@ def ridge_fit_predict(
 
     The intercept is not penalised. Predicts ``predict_rows`` of ``other`` (default: ``table``).
     """
-    columns = feature_columns(feature_names)
+    columns = table.columns(feature_names)
     x_train = table.features[np.ix_(train_idx, columns)]
-    mean, std = fit_standardization(x_train, feature_names)
+    mean, std = fit_standardization(x_train, feature_names, table.layout)
     weights, intercept = ridge_solve((x_train - mean) / std, table.target[train_idx], alpha)
     source = table if other is None else other
     z_pred = (source.features[np.ix_(predict_rows, columns)] - mean) / std

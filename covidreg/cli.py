@@ -512,33 +512,74 @@ def config_command(
 
 
 @app.command()
-def features() -> None:
-    """List the feature presets and every feature name.
+def features(
+    train_csv: Annotated[
+        str,
+        typer.Option(
+            "--train-csv", help="Training CSV whose layout to show (auto: the data directory's)."
+        ),
+    ] = "auto",
+    test_csv: Annotated[
+        str, typer.Option("--test-csv", help="Its test CSV (auto: the data directory's; '' none).")
+    ] = "auto",
+    edition: Annotated[
+        str, typer.Option("--edition", help="Which edition auto paths name (2021, 2022, 2023).")
+    ] = "auto",
+) -> None:
+    """Show a training file's layout and day order, the feature presets and every feature name.
 
-    Example: [bold]covidreg features[/bold]
+    Example: [bold]covidreg features --train-csv data/covid.train.csv[/bold]
     """
-    from covidreg.schema import FEATURE_NAMES, PRESETS
+    from covidreg.config import config_from
+    from covidreg.experiment import load_data
+    from covidreg.layout import PRESET_HELP
+    from covidreg.schema import describe_files
 
-    for name, names in PRESETS.items():
-        print(f"{name} ({len(names)}): {','.join(names)}")
-    print(f"\nfeature names: {','.join(FEATURE_NAMES)}")
+    with user_errors():
+        cfg = config_from(None, {"train_csv": train_csv, "test_csv": test_csv, "edition": edition})
+        data = load_data(cfg)
+        layout = data.layout
+        for line in describe_files(data.train, data.test):
+            print(line)
+        print()
+        for name in PRESET_HELP:
+            try:
+                names = layout.preset(name)
+            except CovidRegError as exc:
+                print(f"{name}: not available ({exc})")
+                continue
+            print(f"{name} ({len(names)}): {','.join(names)}")
+        print(f"\nfeature names: {','.join(layout.feature_names)}")
 
 
 @app.command()
 def fetch(
-    dest: Annotated[
-        Path,
+    edition: Annotated[
+        str,
         typer.Option(
-            "--dest", "-d", help="Directory to put covid.train.csv and covid.test.csv in."
+            "--edition",
+            "-e",
+            help="Which year's files: 2021 (ml2021spring-hw1), 2022 or 2023 (whose files are "
+            "covid_train.csv and covid_test.csv).",
         ),
-    ] = Path("data"),
+    ] = "2021",
+    dest: Annotated[
+        Optional[Path],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            "--dest",
+            "-d",
+            help="Directory to put the training and test files in (default: $COVIDREG_DATA_DIR, "
+            "else data/).",
+            show_default=False,
+        ),
+    ] = None,
     url_base: Annotated[
         Optional[str],  # noqa: UP045 - Typer reads it
         typer.Option(
             "--url-base",
             metavar="URL",
-            help="Download from this mirror instead of Google Drive: it serves "
-            "URL/covid.train.csv and URL/covid.test.csv.",
+            help="Download from this mirror instead of Google Drive: it serves the two files "
+            "under their names, e.g. URL/covid.train.csv and URL/covid.test.csv.",
             show_default=False,
         ),
     ] = None,
@@ -568,16 +609,17 @@ def fetch(
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Download the HW01 files into data/ and check their sha256.
+    """Download an edition's HW01 files into data/ and check their sha256.
 
     From the course's Google Drive copies, a mirror (--url-base) or a local folder (--from).
 
     Verified files already there are kept; --force fetches them again.
 
-    Example: [bold]covidreg fetch --from ~/Downloads/ml2021spring-hw1[/bold]
+    Example: [bold]covidreg fetch --edition 2022 --from ~/Downloads/ml2022spring-hw1[/bold]
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+    from covidreg.datadir import data_dir
     from covidreg.fetch import fetch_files, source_from
     from covidreg.progress import err_console, out_console
 
@@ -599,7 +641,9 @@ def fetch(
     with user_errors():
         source = source_from(url_base, from_dir)
         with bars:
-            files = fetch_files(dest, source, verify, force, on_progress)
+            files = fetch_files(
+                data_dir() if dest is None else dest, source, verify, force, on_progress, edition
+            )
     for file in files:
         out_console.print(file.summary(), markup=False, style=None if file.verified else "yellow")
 

@@ -178,9 +178,7 @@ def prepare(variants: list[Variant], n_folds: int | None, n_seeds: int) -> list[
             read[where] = load_data(cfg, with_test=False)
         data = read[where]
         if n_folds is None:
-            split = holdout_split(
-                data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
-            )
+            split = holdout_split(data.train.order, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge)
             preflight(cfg, data, len(split[0]))
             splits = [[split]]
         else:  # make_folds runs the preflight on every fold

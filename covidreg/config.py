@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from covidreg.datadir import AUTO, DATA_DIR_ENV, EDITION_NAMES
 from covidreg.errors import CovidRegError
 from covidreg.optimizers import OPTIMIZER_NAMES
 
@@ -46,6 +47,10 @@ Device = Literal["auto", "cpu", "cuda"]
 StopOn = Literal["auto", "valid", "train_tail"]
 # lr = "auto": each model's learning rate comes from the range test on its own training rows
 AUTO_LR = "auto"
+# purge = "auto": the windows that share a day with a validation window (D - 1 on each side)
+AUTO_PURGE = "auto"
+#: Keys that take "auto" besides a number.
+AUTO_KEYS = ("lr", "purge")
 
 
 def _opt(default: Any, help: str, group: str) -> Any:
@@ -61,10 +66,22 @@ class Config:
 
     # --- data ---
     train_csv: str = _opt(
-        "data/covid.train.csv", "Training CSV (HW01 schema, with target).", "data"
+        AUTO,
+        "Training CSV (an HW01 file of any edition, with target); auto: the one in the data "
+        f"directory (${DATA_DIR_ENV}, else data/).",
+        "data",
     )
     test_csv: str = _opt(
-        "data/covid.test.csv", "Test CSV to predict (HW01 schema, no target); '' skips it.", "data"
+        AUTO,
+        "Test CSV to predict (HW01 file, no target, of the training file's layout); auto: the "
+        "one in the data directory; '' skips it.",
+        "data",
+    )
+    edition: str = _opt(
+        AUTO,
+        "Which edition's files auto paths name (2021, 2022, 2023; auto: whichever is in the "
+        "data directory), and the edition the training file must be.",
+        "data",
     )
     features: list[str] = _opt(
         ["strong"],
@@ -74,13 +91,19 @@ class Config:
     )
     split: str = _opt(
         "blocked",
-        "Validation split: blocked (whole stretches of days per state, neighbours purged; "
+        "Validation split: blocked (whole stretches of days per state, in the day order "
+        "recovered from the rows, neighbours purged; "
         "honest), random or interleaved (every k-th row, as the course sample code; both leak).",
         "data",
     )
     valid_ratio: float = _opt(0.2, "Fraction of rows held out for validation.", "data")
     purge: int = _opt(
-        2, "Blocked split: windows dropped on each side of the validation block.", "data"
+        AUTO_PURGE,
+        "Blocked split: windows dropped from training on each side of a validation block, or "
+        "auto: the D - 1 that share a day with it (2 for the 3-day windows of 2021, 4 for the "
+        "5-day windows of 2022). Any other window sharing a day with a validation window is "
+        "dropped too.",
+        "data",
     )
     normalize: bool = _opt(
         True,
@@ -238,6 +261,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": typing.get_args(SchedulerName),
     "device": typing.get_args(Device),
     "stop_on": typing.get_args(StopOn),
+    "edition": (AUTO, *EDITION_NAMES),
 }
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
@@ -279,10 +303,14 @@ def coerce_value(name: str, value: Any, source: str = "", parse_text: bool = Fal
 
 
 def _coerce_scalar(name: str, kind: type, value: Any, source: str, parse_text: bool) -> Any:
-    what = "a number or auto" if name == "lr" else kind.__name__
+    what = (
+        f"{'a number' if kind is float else 'an integer'} or auto"
+        if name in AUTO_KEYS
+        else kind.__name__
+    )
     bad = CovidRegError(f"config key '{name}'{_where(source)} must be {what}, got {value!r}")
-    if name == "lr" and isinstance(value, str) and value.strip().lower() == AUTO_LR:
-        return AUTO_LR
+    if name in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
     if isinstance(value, str) and kind is not str and parse_text:
         value = value.strip()
         try:
@@ -402,9 +430,10 @@ def validate(cfg: Config) -> None:
             "linear layers, activations and dropout; set batch_norm = false (or drop "
             "--batch-norm)"
         )
+    if cfg.purge != AUTO_PURGE:
+        _require(cfg.purge >= 0, "purge", "auto or zero or a positive integer", cfg.purge)
     for key in (
         "patience",
-        "purge",
         "checkpoint_every",
         "threads",
         "fold_processes",

@@ -37,7 +37,7 @@ from covidreg.experiment import (
 )
 from covidreg.processes import StackProcesses, process_count
 from covidreg.reproducibility import resolve_device
-from covidreg.schema import feature_columns, select
+from covidreg.schema import select
 from covidreg.splits import make_kfold
 
 FOLD_COLUMNS = (
@@ -102,7 +102,7 @@ class CvResult:
 
 def make_folds(cfg: Config, data: LoadedData, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     splitter = make_kfold(cfg.split, n_folds, cfg.seed, cfg.purge)
-    folds = list(splitter.split(data.train.states))
+    folds = list(splitter.split(data.train.order))
     for train_idx, _ in folds:
         preflight(cfg, data, len(train_idx))
     return folds
@@ -331,7 +331,9 @@ def _write_fold(
     fold_dir.mkdir(exist_ok=True)
     metrics = {k: v for k, v in asdict(fold).items() if k != "history"}
     metrics.update(lr_record(fitted))
-    payload = checkpoint_payload(with_found_lr(cfg, fitted), data.feature_names, fitted, metrics)
+    payload = checkpoint_payload(
+        with_found_lr(cfg, fitted), data.layout, data.feature_names, fitted, metrics
+    )
     artifacts.save_checkpoint(fold_dir / "model.pt", payload)
     artifacts.write_csv(
         fold_dir / "history.csv",
@@ -354,6 +356,7 @@ def _write_cv_outputs(
     artifacts.write_csv(run_dir / "cv.csv", list(FOLD_COLUMNS), [f.row() for f in folds])
     summary = {
         **summary,
+        "data": data.record(),
         "environment": artifacts.environment_info(
             str(resolve_device(cfg.device)), cfg.seed, cfg.deterministic
         ),
@@ -373,7 +376,7 @@ def _write_cv_outputs(
     )
     if not write_predictions or data.test is None:
         return None
-    x = torch.from_numpy(select(data.test, feature_columns(data.feature_names)).x)
+    x = torch.from_numpy(select(data.test, data.test.columns(data.feature_names)).x)
     pred = np.mean([predict(m, x.to(next(m.parameters()).device)) for m in models], axis=0)
     path = run_dir / "pred.csv"
     artifacts.write_predictions(path, data.test.ids, pred)

@@ -34,6 +34,7 @@ import torch
 from covidreg.baselines import ridge_solve
 from covidreg.config import AUTO_LR, Config
 from covidreg.errors import CovidRegError
+from covidreg.layout import Layout
 from covidreg.loaders import HW01Dataset, make_loader
 from covidreg.model import MLP, build_model
 from covidreg.optimizers import LearningRates, StackOptimizer
@@ -175,6 +176,7 @@ def check_batch_size(cfg: Config, n_train: int) -> None:
 
 def build_member(
     cfg: Config,
+    layout: Layout,
     feature_names: list[str],
     train: Arrays,
     valid: Arrays,
@@ -192,13 +194,13 @@ def build_member(
     if cfg.lr == AUTO_LR:
         from covidreg.lr_find import find_rate
 
-        lr_finder = find_rate(cfg, feature_names, train, valid, seed)
+        lr_finder = find_rate(cfg, layout, feature_names, train, valid, seed)
         cfg = dataclasses.replace(cfg, lr=lr_finder["lr"])
     set_threads(cfg.threads)
     seed_everything(seed, cfg.deterministic)
-    model = build_model(cfg, feature_names)
+    model = build_model(cfg, layout, feature_names)
     # per-set normalisation leaks the valid/test statistics: fit on the training rows only
-    mean, std = fit_standardization(train.x.astype(np.float64), feature_names)
+    mean, std = fit_standardization(train.x.astype(np.float64), feature_names, layout)
     if cfg.normalize:
         model.set_normalization(mean, std)
     if cfg.ridge_blend:
@@ -227,7 +229,8 @@ def build_member(
 
 def fit_ridge(model: MLP, train: Arrays) -> None:
     """The blend's ridge regression: on the rows and standardised inputs the network trains
-    on, for its target (the change from tested_positive_d2 with the delta target)."""
+    on, for its target (the change from the last known tested_positive with the delta
+    target)."""
     x = torch.from_numpy(train.x)
     target = train.y.astype(np.float64)
     if model.skip_index is not None:

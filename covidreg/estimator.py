@@ -17,6 +17,7 @@ import numpy as np
 
 from covidreg.config import Config, config_from
 from covidreg.errors import CovidRegError, MissingDependency
+from covidreg.layout import PRESET_HELP, TESTED, Layout
 
 try:
     from sklearn.base import BaseEstimator, RegressorMixin
@@ -41,6 +42,7 @@ NOT_PARAMETERS = frozenset(
     {
         "train_csv",
         "test_csv",
+        "edition",
         "batch_norm",
         "stack_size",
         "fold_processes",
@@ -50,6 +52,22 @@ NOT_PARAMETERS = frozenset(
     }
 )
 _DEFAULTS = Config()
+# what the engine is told of another matrix's columns: no one-hot states (every column is
+# standardised), and the delta target's base is a column named tested_positive_d2
+_MATRIX_LAYOUT = Layout((), (TESTED,), 3)
+
+
+def _check_unused_features(spec: list[str], columns: list[str]) -> None:
+    """``features`` of a matrix that is no HW01 frame: used whole, but a name it cannot have
+    is still an error."""
+    if len(spec) == 1 and spec[0] in PRESET_HELP:
+        return
+    unknown = [name for name in spec if name not in columns]
+    if unknown:
+        raise EstimatorError(
+            f"unknown feature '{unknown[0]}': X is no HW01 frame, so features must be a preset "
+            f"({', '.join(PRESET_HELP)}) or its column names"
+        )
 
 
 def _default(name: str) -> Any:
@@ -66,19 +84,23 @@ class CovidRegressor(RegressorMixin, BaseEstimator):
     drops the ``purge`` rows before them; ``random`` and ``interleaved`` as in covidreg.
     ``fit(X, y, X_valid, y_valid)`` early-stops on that validation set instead.
 
-    ``X`` is any numeric matrix. A DataFrame with the 93 HW01 feature names
-    (``covidreg.FEATURE_NAMES``, as ``covidreg.read_hw01`` gives) is read as HW01 rows: the
-    ``features`` preset or names select its columns, the blocked split holds out the last
-    days of each state (as ``covidreg train``), and the ``delta`` target works. Any other
-    matrix is used whole (``features`` is ignored), and ``target='delta'`` needs a column
-    named ``tested_positive_d2``: without one it falls back to ``level`` (``target_`` says
-    which was used). A ``batch_size`` larger than the training rows is cut to them, with a
+    ``X`` is any numeric matrix. A DataFrame with the input columns of an HW01 file of any
+    edition, named by feature (``covidreg.read_hw01``'s ``cli_d1`` ...) or as
+    ``pandas.read_csv`` names them (``cli``, ``cli.1`` ..., the id column optional), is read as
+    HW01 rows: the ``features`` preset or names select its columns, the blocked split holds
+    out the last days of each stretch in the day order recovered from the rows (as
+    ``covidreg train``), and the ``delta`` target works. Any other matrix is used whole
+    (``features`` is ignored), its rows in order as one stretch whose neighbours share days as
+    3-day windows do (``purge = auto`` drops 2), and ``target='delta'`` needs a column named
+    ``tested_positive_d2``: without one it falls back to ``level`` (``target_`` says which was
+    used). A ``batch_size`` larger than the training rows is cut to them, with a
     warning. Errors are ``CovidRegError`` (and ``ValueError``).
 
     Fitted attributes: ``model_`` (the torch MLP, best weights, on the CPU), ``history_``
     (a DataFrame: epoch, train_loss, valid_loss, lr), ``best_epoch_``, ``valid_rmse_``,
     ``n_iter_`` (epochs run), ``stop_reason_``, ``target_``, ``feature_names_`` (the model's
-    inputs), ``hw01_`` (whether X was read as HW01 rows), ``config_`` (the resolved
+    inputs), ``hw01_`` (whether X was read as HW01 rows), ``layout_`` (its
+    ``covidreg.Layout``, None for another matrix), ``config_`` (the resolved
     covidreg.Config), ``n_features_in_``.
     """
 
@@ -145,7 +167,8 @@ class CovidRegressor(RegressorMixin, BaseEstimator):
             cfg, columns = self._layout(cfg)
             train, valid = self._split(cfg, x, target, columns, X_valid, y_valid)
             cfg = self._batch_size(cfg, len(train))
-            member = engine.build_member(cfg, self.feature_names_, train, valid, cfg.seed)
+            layout = self.layout_ or _MATRIX_LAYOUT
+            member = engine.build_member(cfg, layout, self.feature_names_, train, valid, cfg.seed)
             (fitted,) = engine.fit_members(cfg, [member])
         except EstimatorError:
             raise
@@ -165,29 +188,40 @@ class CovidRegressor(RegressorMixin, BaseEstimator):
 
     def _layout(self, cfg: Config) -> tuple[Config, np.ndarray]:
         """Which columns of X the model sees (``feature_names_``), and the target it can learn."""
-        from covidreg.schema import FEATURE_NAMES, resolve_features
+        from covidreg.schema import frame_layout
 
         names = [str(n) for n in getattr(self, "feature_names_in_", [])]
-        selected = resolve_features(cfg.features)  # checked even where it is not used
-        self.hw01_ = all(n in names for n in FEATURE_NAMES)
-        if self.hw01_:
-            self.feature_names_ = selected
+        found = frame_layout(names) if names else None
+        self.layout_ = None if found is None or found[1] else found[0]  # X holds no target
+        self.hw01_ = self.layout_ is not None
+        if self.layout_ is not None:
+            self.feature_names_ = self.layout_.resolve_features(cfg.features)
+            # X's columns by feature name, whether pandas named them cli.1 or cli_d2
+            canonical = list(self.layout_.feature_names)
+            names = ["id", *canonical] if names[0] == "id" else canonical
         else:
             self.feature_names_ = names or [f"x{i}" for i in range(self.n_features_in_)]
+            _check_unused_features(cfg.features, self.feature_names_)
         index = {n: i for i, n in enumerate(names or self.feature_names_)}
         columns = np.array([index[n] for n in self.feature_names_], dtype=np.int64)
         if not self.hw01_ and "tested_positive_d2" not in self.feature_names_:
             cfg = replace(cfg, target="level")  # delta adds tested_positive_d2 back
         return cfg, columns
 
-    def _states(self, x: np.ndarray) -> np.ndarray:
-        """The blocked split's groups: HW01 rows by state, any other rows as one group."""
-        if not self.hw01_:
-            return np.zeros(len(x), dtype=np.int64)
-        from covidreg.schema import STATES
+    def _order(self, x: np.ndarray) -> Any:
+        """The blocked split's day order: HW01 rows' recovered from their shared days, any
+        other rows in order as one stretch of 3-day windows."""
+        from covidreg.dayorder import DayOrder
+        from covidreg.schema import HW01Table
 
-        names = list(self.feature_names_in_)
-        return x[:, [names.index(s) for s in STATES]].argmax(axis=1)
+        if self.layout_ is None:
+            rows = np.arange(len(x))
+            days = rows[:, None] + np.arange(3)
+            return DayOrder(np.zeros(len(x), dtype=np.int64), rows, days, source="file")
+        start = 1 if str(self.feature_names_in_[0]) == "id" else 0
+        features = x[:, start : start + len(self.layout_.feature_names)]
+        ids = np.arange(len(x))
+        return HW01Table("X", self.layout_, ids, features, None).order
 
     def _split(
         self,
@@ -217,7 +251,7 @@ class CovidRegressor(RegressorMixin, BaseEstimator):
                 f"{len(x)} sample"
             )
         train_idx, valid_idx = holdout_split(
-            self._states(x), cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
+            self._order(x), cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
         )
         return arrays(train_idx, x, target), arrays(valid_idx, x, target)
 

@@ -15,6 +15,7 @@ import torch
 from covidreg import artifacts, tensorboard_logs
 from covidreg.baselines import persistence_predict, rmse
 from covidreg.config import Config, from_dict, to_dict, to_toml
+from covidreg.datadir import AUTO, resolve_paths
 from covidreg.engine import (
     EarlyStopping,
     Engine,
@@ -29,17 +30,10 @@ from covidreg.engine import (
     predict,
 )
 from covidreg.errors import CovidRegError
+from covidreg.layout import Layout
 from covidreg.model import count_parameters, skip_index_for
 from covidreg.reproducibility import resolve_device
-from covidreg.schema import (
-    TARGET,
-    Arrays,
-    HW01Table,
-    feature_columns,
-    read_hw01_csv,
-    resolve_features,
-    select,
-)
+from covidreg.schema import Arrays, HW01Table, check_same_layout, read_hw01_csv, select
 from covidreg.splits import holdout_split, stopping_split
 
 STATE_FILE = "training_state.pt"
@@ -52,21 +46,42 @@ class LoadedData:
     train: HW01Table
     test: HW01Table | None
 
+    @property
+    def layout(self) -> Layout:
+        return self.train.layout
+
+    def record(self) -> dict[str, Any]:
+        """The files read (``auto`` paths resolved) and their layout, for metrics.json."""
+        return {
+            "train_csv": self.train.path,
+            "test_csv": "" if self.test is None else self.test.path,
+            "layout": self.layout.describe(),
+        }
+
 
 def load_data(cfg: Config, with_test: bool = True) -> LoadedData:
-    """Read and validate the CSVs named in ``cfg`` and resolve the feature names."""
-    feature_names = resolve_features(cfg.features)
-    train = read_hw01_csv(cfg.train_csv, require_target=True, what="training CSV")
+    """Read and validate the CSVs named in ``cfg`` (the test file only ``with_test``: a command
+    that predicts nothing never asks for it) and resolve the feature names in the training
+    file's layout."""
+    train_csv, test_csv = resolve_paths(cfg.train_csv, cfg.test_csv, cfg.edition)
+    train = read_hw01_csv(train_csv, require_target=True, what="training CSV")
+    if cfg.edition not in (AUTO, train.layout.edition):
+        raise CovidRegError(
+            f"training CSV {train_csv} has the {train.layout.describe()}, not the "
+            f"{cfg.edition} edition's; pass the {cfg.edition} files or --edition auto"
+        )
+    feature_names = train.layout.resolve_features(cfg.features)
     test = None
-    if cfg.test_csv and with_test:
-        test = read_hw01_csv(cfg.test_csv, require_target=False, what="test CSV")
+    if test_csv and with_test:
+        test = read_hw01_csv(test_csv, require_target=False, what="test CSV")
+        check_same_layout(train.layout, test, f"training CSV {train.path} has")
     return LoadedData(feature_names, train, test)
 
 
 def preflight(cfg: Config, data: LoadedData, n_train: int) -> None:
     """Every check that needs both config and data, run before anything is written."""
     check_batch_size(cfg, n_train)
-    skip_index_for(cfg, data.feature_names)
+    skip_index_for(cfg, data.layout, data.feature_names)
     resolve_device(cfg.device)
     tensorboard_logs.check(cfg)
 
@@ -95,17 +110,25 @@ def member_for(
     """The engine's model for one split (a cv fold with ``fold``): it fits ``train_idx`` and
     early-stops on ``valid_idx``, or (``stop_rows`` is ``train_tail``) early-stops on the
     blocked tail of ``train_idx`` and ``valid_idx`` is only scored."""
-    columns = feature_columns(data.feature_names)
+    columns = data.train.columns(data.feature_names)
 
     def rows(idx: np.ndarray) -> Arrays:
         return select(data.train, columns, idx)
 
     if stop_rows(cfg, fold) == "train_tail":
-        fit_idx, stop_idx = stopping_split(data.train.states, train_idx, cfg.valid_ratio, cfg.purge)
+        fit_idx, stop_idx = stopping_split(data.train.order, train_idx, cfg.valid_ratio, cfg.purge)
         return build_member(
-            cfg, data.feature_names, rows(fit_idx), rows(stop_idx), seed, rows(valid_idx)
+            cfg,
+            data.layout,
+            data.feature_names,
+            rows(fit_idx),
+            rows(stop_idx),
+            seed,
+            rows(valid_idx),
         )
-    return build_member(cfg, data.feature_names, rows(train_idx), rows(valid_idx), seed)
+    return build_member(
+        cfg, data.layout, data.feature_names, rows(train_idx), rows(valid_idx), seed
+    )
 
 
 def fit_model(
@@ -126,14 +149,19 @@ def fit_model(
 
 
 def checkpoint_payload(
-    cfg: Config, feature_names: list[str], fitted: FittedModel, metrics: dict[str, Any]
+    cfg: Config,
+    layout: Layout,
+    feature_names: list[str],
+    fitted: FittedModel,
+    metrics: dict[str, Any],
 ) -> dict[str, Any]:
     """What ``covidreg predict`` needs to rebuild the model, with nothing but plain types."""
     return {
         "kind": "model",
         "config": to_dict(cfg),
         "feature_names": list(feature_names),
-        "target_name": TARGET,
+        "target_name": layout.target,
+        "layout": layout.to_dict(),
         # the statistics themselves are the model's input_mean/input_std buffers
         "normalization": {"fitted_on": "training split", "applied": cfg.normalize},
         "state_dict": {k: v.detach().cpu() for k, v in fitted.model.state_dict().items()},
@@ -174,6 +202,7 @@ def run_metrics(
         "train_rows": len(train_idx),
         "valid_rows": len(valid_idx),
         "n_features": len(data.feature_names),
+        "data": data.record(),
         "n_parameters": count_parameters(fitted.model),
         "environment": artifacts.environment_info(
             str(resolve_device(cfg.device)), cfg.seed, cfg.deterministic
@@ -209,7 +238,8 @@ def write_run(
     cfg = with_found_lr(cfg, fitted)  # config.toml and model.pt record lr = auto's number
     model, history = fitted.model, fitted.result.history
     artifacts.save_checkpoint(
-        run_dir / "model.pt", checkpoint_payload(cfg, data.feature_names, fitted, metrics)
+        run_dir / "model.pt",
+        checkpoint_payload(cfg, data.layout, data.feature_names, fitted, metrics),
     )
     artifacts.write_text(run_dir / "config.toml", to_toml(cfg))
     artifacts.write_csv(
@@ -231,7 +261,7 @@ def write_run(
         ],
         [fitted.result.best_epoch],
     )
-    columns = feature_columns(data.feature_names)
+    columns = data.train.columns(data.feature_names)
     device = next(model.parameters()).device
     valid = select(data.train, columns, valid_idx)
     valid_pred = predict(model, torch.from_numpy(valid.x).to(device))
@@ -243,10 +273,10 @@ def write_run(
         artifacts.write_predictions(run_dir / "pred.csv", data.test.ids, predict(model, test_x))
 
 
-def check_train_inputs(cfg: Config) -> LoadedData:
+def check_train_inputs(cfg: Config, with_test: bool = True) -> LoadedData:
     """Validate data and config together (no output written): what run_train checks first."""
-    data = load_data(cfg)
-    train_idx, _ = holdout_split(data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge)
+    data = load_data(cfg, with_test)
+    train_idx, _ = holdout_split(data.train.order, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge)
     preflight(cfg, data, len(train_idx))
     return data
 
@@ -267,7 +297,7 @@ def run_train(
     if data is None:
         data = check_train_inputs(cfg)
     train_idx, valid_idx = holdout_split(
-        data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
+        data.train.order, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
     with artifacts.run_dir_for(out, runs_dir, run_name) as run_dir:
         return _train_into(cfg, data, train_idx, valid_idx, run_dir, on_epoch, on_start, None)
@@ -359,6 +389,6 @@ def resume_train(
     tensorboard_logs.check(cfg)
     data = load_data(cfg)
     train_idx, valid_idx = holdout_split(
-        data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
+        data.train.order, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
     return _train_into(cfg, data, train_idx, valid_idx, run_dir, on_epoch, on_start, state)

@@ -1,10 +1,17 @@
-"""Getting the HW01 files: download or copy them into a data directory, checked by sha256.
+"""Getting the HW01 files of an edition: download or copy them into a data directory, checked
+by sha256.
 
 Three sources: the course's public Google Drive copies (through gdown, which knows Drive's
 confirmation pages), any HTTP mirror serving the two files, or a local folder such as an unzipped
 Kaggle download. Each file is written under a temporary name beside its destination and renamed
 onto it only once its checksum matched, so a failed or interrupted fetch leaves nothing
 half-written or unverified in the data directory.
+
+A file is accepted when its bytes are one of the published copies': its sha256 is one of those
+listed for it. The 2023 training file is public in two number formats with the same values
+(``0`` and ``0.0``), so both sums are listed; a copy saved again in any other format is refused
+(``--no-verify`` accepts it), since a checksum of the bytes is what every user can check with
+``sha256sum``.
 """
 
 from __future__ import annotations
@@ -22,14 +29,15 @@ from pathlib import Path
 from typing import BinaryIO, ClassVar
 
 from covidreg.artifacts import atomic_path
+from covidreg.datadir import FILE_NAMES
 from covidreg.errors import CovidRegError
 
 #: The ways to get the data, for every message about missing or unreachable HW01 files.
 DATA_HELP = (
-    "get the HW01 files in one of three ways: 'covidreg fetch' (the course's Google Drive "
-    "copies), 'covidreg fetch --url-base URL' (a mirror serving URL/covid.train.csv and "
-    "URL/covid.test.csv) or 'covidreg fetch --from DIR' (a folder holding the unzipped Kaggle "
-    "download of ml2021spring-hw1)"
+    "pass the files with --train-csv and --test-csv, or get them in one of three ways: "
+    "'covidreg fetch [--edition 2021|2022|2023]' (the course's Google Drive copies), "
+    "'covidreg fetch --url-base URL' (a mirror serving the two files) or 'covidreg fetch "
+    "--from DIR' (a folder holding the unzipped Kaggle download)"
 )
 
 
@@ -37,21 +45,56 @@ DATA_HELP = (
 class HW01File:
     name: str  # file name in the data directory and on every mirror
     drive_id: str  # id of the course's public Google Drive copy
-    sha256: str  # checksum of the file as the course published it
+    sha256: tuple[str, ...]  # checksums of the published copies of the file
+
+    @property
+    def published(self) -> str:
+        return " or ".join(self.sha256)
 
 
-HW01_FILES: tuple[HW01File, ...] = (
-    HW01File(
-        "covid.train.csv",
-        "19CCyCgJrUxtvgZF53vnctJiOJ23T5mqF",
-        "7b70cccab9712a6f6c780eddbdde2484a43c98e1b63b765d64692b8f2ed9225a",
+#: Each edition's training and test file, named as its Kaggle download names them.
+EDITION_FILES: dict[str, tuple[HW01File, HW01File]] = {
+    "2021": (
+        HW01File(
+            FILE_NAMES["2021"][0],
+            "19CCyCgJrUxtvgZF53vnctJiOJ23T5mqF",
+            ("7b70cccab9712a6f6c780eddbdde2484a43c98e1b63b765d64692b8f2ed9225a",),
+        ),
+        HW01File(
+            FILE_NAMES["2021"][1],
+            "1CE240jLm2npU-tdz81-oVKEF3T2yfT1O",
+            ("6b5ba63b3d025889ebe7ee222b23b39d1a0c45761cfb3babfaa20a5ec0dbc051",),
+        ),
     ),
-    HW01File(
-        "covid.test.csv",
-        "1CE240jLm2npU-tdz81-oVKEF3T2yfT1O",
-        "6b5ba63b3d025889ebe7ee222b23b39d1a0c45761cfb3babfaa20a5ec0dbc051",
+    "2022": (
+        HW01File(
+            FILE_NAMES["2022"][0],
+            "1kLSW_-cW2Huj7bh84YTdimGBOJaODiOS",
+            ("298378b3db6a233e6cba686533c55844072b7c84e5e2eecf830a9e86a8dce475",),
+        ),
+        HW01File(
+            FILE_NAMES["2022"][1],
+            "1iiI5qROrAhZn-o4FPqsE97bMzDEFvIdg",
+            ("d7bc0afb67a741638d745efa53dd4f967ca65f1e774957e701ff7822af6a37c3",),
+        ),
     ),
-)
+    "2023": (
+        HW01File(
+            FILE_NAMES["2023"][0],
+            "1BjXalPZxq9mybPKNjF3h5L3NcF7XKTS-",
+            (
+                "c1e1ba605d251a820511a55a1422c53390efcb6b487b8e826542f7dd761ce8f6",
+                "94376206ce5d32e5fdfb6e89e01ad740814d06baff6108b1988599926b9069de",
+            ),
+        ),
+        HW01File(
+            FILE_NAMES["2023"][1],
+            "1B55t74Jg2E5FCsKCsUEkPKIuqaY7UIi1",
+            ("f5626c9f6bd95abd2d535068c7e54d7e2ea6b931687c0d6530e3ec54c1cc5954",),
+        ),
+    ),
+}
+DEFAULT_EDITION = "2021"
 
 #: ``on_progress(file_name, bytes_so_far, bytes_total_or_None)`` after each chunk.
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -210,8 +253,8 @@ class FolderSource:
             raise CovidRegError(f"--from {self.folder} does not exist; {DATA_HELP}")
         if not path.is_file():
             raise CovidRegError(
-                f"--from {self.folder} has no {file.name}; pass the folder holding "
-                "covid.train.csv and covid.test.csv"
+                f"--from {self.folder} has no {file.name}; pass the folder holding the "
+                "edition's training and test files (--edition names the edition)"
             )
         try:
             with path.open("rb") as src:
@@ -252,12 +295,12 @@ def _present(file: HW01File, path: Path, verify: bool, force: bool) -> FetchedFi
     if force or not path.exists():
         return None
     digest = file_sha256(path)
-    verified = digest == file.sha256
+    verified = digest in file.sha256
     if verify and not verified:
         raise CovidRegError(
-            f"{path} is already there but is not the published {file.name} (expected sha256 "
-            f"{file.sha256}, got {digest}); pass --force to download it again, or --no-verify "
-            "to keep it"
+            f"{path} is already there but is not the published {file.name} of this edition "
+            f"(expected sha256 {file.published}, got {digest}); pass --force to download it "
+            "again, --no-verify to keep it, or another --edition or --dest"
         )
     return FetchedFile(path, "present", "", digest, path.stat().st_size, verified)
 
@@ -277,11 +320,11 @@ def _check_data_dir(dest: Path) -> None:
 
 def _check_verified(tmp: Path, file: HW01File, source: Source, verify: bool) -> str:
     digest = file_sha256(tmp)
-    if verify and digest != file.sha256:
+    if verify and digest not in file.sha256:
         raise CovidRegError(
             f"{file.name} from {source} is not the published file (expected sha256 "
-            f"{file.sha256}, got {digest}); it is damaged or modified: use another source, or "
-            "pass --no-verify to accept it"
+            f"{file.published}, got {digest}); it is damaged or modified: use another source, "
+            "or pass --no-verify to accept it"
         )
     # Even unverified, an HTML error page served with status 200 must not become the CSV.
     with tmp.open("rb") as handle:
@@ -303,7 +346,7 @@ def _fetch_one(
             source.retrieve(file, out, report)
         digest = _check_verified(tmp, file, source, verify)
         size = tmp.stat().st_size
-    return FetchedFile(path, source.action, str(source), digest, size, digest == file.sha256)
+    return FetchedFile(path, source.action, str(source), digest, size, digest in file.sha256)
 
 
 def fetch_files(
@@ -312,20 +355,28 @@ def fetch_files(
     verify: bool = True,
     force: bool = False,
     on_progress: ProgressCallback | None = None,
+    edition: str = DEFAULT_EDITION,
 ) -> list[FetchedFile]:
-    """Put covid.train.csv and covid.test.csv into ``dest``, each checked against its sha256.
+    """Put ``edition``'s training and test files into ``dest``, each checked against its
+    sha256.
 
     Files already there are kept when they verify (or always with ``verify=False``); ``force``
     fetches them again. ``source`` defaults to the course's Google Drive copies. A file replaces
     its destination only once complete and verified; on any failure a CovidRegError says why.
     """
+    if edition not in EDITION_FILES:
+        raise CovidRegError(
+            f"unknown edition {edition!r}; use {', '.join(EDITION_FILES)} (the Kaggle "
+            "competitions ml2021spring-hw1, ml2022spring-hw1, ml2023spring-hw1)"
+        )
+    files = EDITION_FILES[edition]
     dest = Path(dest)
     source = DriveSource() if source is None else source
     # Check every file already there first, so a refused one stops the fetch before any download.
-    present = {file.name: _present(file, dest / file.name, verify, force) for file in HW01_FILES}
+    present = {file.name: _present(file, dest / file.name, verify, force) for file in files}
     if any(found is None for found in present.values()):
         _check_data_dir(dest)
     return [
         present[file.name] or _fetch_one(file, dest / file.name, source, verify, on_progress)
-        for file in HW01_FILES
+        for file in files
     ]

@@ -15,8 +15,9 @@ from covidreg import artifacts
 from covidreg.config import Config, from_dict
 from covidreg.engine import predict
 from covidreg.errors import CovidRegError
+from covidreg.layout import EARLIER_LAYOUT, EDITIONS, Layout
 from covidreg.model import MLP, build_model
-from covidreg.schema import FEATURE_NAMES, HW01Table, feature_columns, read_hw01_csv, select
+from covidreg.schema import HW01Table, check_same_layout, read_hw01_csv, select
 
 MODEL_FILE = "model.pt"
 _MEMBER_DIR = re.compile(r"(fold|seed)_\d+")
@@ -27,6 +28,7 @@ class LoadedModel:
     path: Path
     model: MLP
     config: Config
+    layout: Layout
     feature_names: list[str]
 
 
@@ -41,11 +43,17 @@ def load_model(path: str | Path) -> LoadedModel:
         )
     try:
         cfg = from_dict(ckpt["config"], str(path))
+        # a checkpoint written before layouts were recorded was trained on the 2021 files
+        saved = ckpt.get("layout")
+        layout = EDITIONS[EARLIER_LAYOUT] if saved is None else Layout.from_dict(saved)
         names = [str(n) for n in ckpt["feature_names"]]
-        unknown = [n for n in names if n not in FEATURE_NAMES]
+        unknown = [n for n in names if n not in layout.feature_names]
         if unknown:
-            raise CovidRegError(f"checkpoint {path} uses unknown features: {', '.join(unknown)}")
-        model = build_model(cfg, names)
+            raise CovidRegError(
+                f"checkpoint {path} uses features its {layout.describe()} lacks: "
+                f"{', '.join(unknown)}; retrain the model"
+            )
+        model = build_model(cfg, layout, names)
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0][:160]
@@ -53,7 +61,7 @@ def load_model(path: str | Path) -> LoadedModel:
             f"checkpoint {path} is damaged or incomplete ({reason}); retrain the model"
         ) from None
     model.eval()
-    return LoadedModel(path, model, cfg, names)
+    return LoadedModel(path, model, cfg, layout, names)
 
 
 def find_models(path: str | Path) -> list[Path]:
@@ -96,10 +104,12 @@ def load_models(path: str | Path) -> list[LoadedModel]:
 
 
 def ensemble_predict(models: list[LoadedModel], table: HW01Table) -> np.ndarray:
-    """Mean of the models' predictions (each model selects its own features)."""
+    """Mean of the models' predictions (each model selects its own features); a table of
+    another layout than a model's is an error."""
     preds = []
     for loaded in models:
-        x = torch.from_numpy(select(table, feature_columns(loaded.feature_names)).x)
+        check_same_layout(loaded.layout, table, f"model {loaded.path} was trained on")
+        x = torch.from_numpy(select(table, table.columns(loaded.feature_names)).x)
         preds.append(predict(loaded.model, x))
     return np.mean(preds, axis=0)
 

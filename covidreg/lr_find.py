@@ -32,6 +32,7 @@ from covidreg.config import AUTO_LR, Config
 from covidreg.errors import CovidRegError
 
 if TYPE_CHECKING:
+    from covidreg.layout import Layout
     from covidreg.schema import Arrays
 
 SMOOTHING = 0.98  # the moving average's weight on the past, as fastai and Lightning use
@@ -78,6 +79,7 @@ def check_bounds(start_lr: float, end_lr: float, n_steps: int) -> None:
 
 def range_test(
     cfg: Config,
+    layout: Layout,
     feature_names: list[str],
     train: Arrays,
     valid: Arrays,
@@ -102,7 +104,7 @@ def range_test(
     rated = cfg if cfg.lr != AUTO_LR else dataclasses.replace(cfg, lr=start_lr)
     saved_rng = global_rng_state()
     try:
-        member = build_member(rated, feature_names, train, valid, seed)
+        member = build_member(rated, layout, feature_names, train, valid, seed)
         stack = Stack(rated, [member], [0], resolve_device(cfg.device))
         base_rates, groups = parameter_groups(rated, len(stack.layers))
         optimizer = StackOptimizer(rated, stack.params, groups)
@@ -185,12 +187,17 @@ def valley(losses: np.ndarray) -> int:
 
 
 def find_rate(
-    cfg: Config, feature_names: list[str], train: Arrays, valid: Arrays, seed: int
+    cfg: Config,
+    layout: Layout,
+    feature_names: list[str],
+    train: Arrays,
+    valid: Arrays,
+    seed: int,
 ) -> dict[str, Any]:
     """``lr = "auto"``: the range test on these training rows with the command's defaults; the
     rate (the valley) and how it was found, as plain types for metrics.json."""
     lrs, losses, _ = range_test(
-        cfg, feature_names, train, valid, seed, AUTO_START, AUTO_END, AUTO_STEPS
+        cfg, layout, feature_names, train, valid, seed, AUTO_START, AUTO_END, AUTO_STEPS
     )
     try:
         found = suggest(lrs, smooth(losses))
@@ -214,17 +221,19 @@ def holdout_range_test(
 ) -> tuple[list[float], list[float], bool]:
     """The range test on the training split of ``covidreg train`` with this config."""
     from covidreg.experiment import check_train_inputs
-    from covidreg.schema import feature_columns, select
+    from covidreg.schema import select
     from covidreg.splits import holdout_split
 
-    data = check_train_inputs(cfg)
+    data = check_train_inputs(cfg, with_test=False)
     train_idx, valid_idx = holdout_split(
-        data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
+        data.train.order, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
-    columns = feature_columns(data.feature_names)
+    columns = data.train.columns(data.feature_names)
     train = select(data.train, columns, train_idx)
     valid = select(data.train, columns, valid_idx)
-    return range_test(cfg, data.feature_names, train, valid, cfg.seed, start_lr, end_lr, n_steps)
+    return range_test(
+        cfg, data.layout, data.feature_names, train, valid, cfg.seed, start_lr, end_lr, n_steps
+    )
 
 
 def run_lr_find(

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from covidreg.config import Config
 from covidreg.errors import CovidRegError
+from covidreg.layout import Layout
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -189,26 +190,28 @@ def stack_forward(
     return torch.baddbmm(bias, a, weight)
 
 
-def skip_index_for(cfg: Config, feature_names: list[str]) -> int | None:
-    """Position of tested_positive_d2 for the delta target (which needs that feature)."""
+def skip_index_for(cfg: Config, layout: Layout, feature_names: list[str]) -> int | None:
+    """Position of the last known day's tested_positive (``tested_positive_d2`` for 3-day
+    windows) for the delta target, which needs that feature."""
     if cfg.target != "delta":
         return None
-    if "tested_positive_d2" not in feature_names:
+    base = layout.last_known
+    if base not in feature_names:
         raise CovidRegError(
-            "target 'delta' predicts the change from tested_positive_d2, but the feature set "
-            "does not include it; add tested_positive_d2 to --features or use --target level"
+            f"target 'delta' predicts the change from {base}, but the feature set does not "
+            f"include it; add {base} to --features or use --target level"
         )
-    return feature_names.index("tested_positive_d2")
+    return feature_names.index(base)
 
 
-def build_model(cfg: Config, feature_names: list[str]) -> MLP:
+def build_model(cfg: Config, layout: Layout, feature_names: list[str]) -> MLP:
     """An MLP for ``feature_names`` with ``cfg``'s architecture, initialised by ``cfg.init``."""
     model = MLP(
         n_inputs=len(feature_names),
         hidden=list(cfg.hidden),
         activation=cfg.activation,
         dropout=cfg.dropout,
-        skip_index=skip_index_for(cfg, feature_names),
+        skip_index=skip_index_for(cfg, layout, feature_names),
         ridge_blend=cfg.ridge_blend,
     )
     init_weights(model, cfg)

@@ -1,77 +1,74 @@
-"""The HW01 CSV schema: columns, feature names and presets, validated reading, feature arrays.
+"""HW01 files: validated reading, the table of one file, feature arrays and normalisation.
 
-A training file has an id, 40 one-hot state columns and 3 days x 18 daily columns, the last of
-them (day-3 tested_positive) the target; a test file lacks that last column. The CSV repeats the
-daily names each day, so features are named here by day (``cli_d1`` ... ``tested_positive_d2``).
-Normalisation statistics live here too: which features pass through unscaled (the one-hot
-states) is a fact of the schema.
+A file's layout (states, daily columns, days per window) is read from its header
+(``covidreg.layout``) and carried by its ``HW01Table``; the CSV repeats the daily names each
+day, so features are named by day (``cli_d1`` ... ``tested_positive_d2`` in 2021). Which
+features pass through unscaled (the one-hot states) is a fact of the layout, so normalisation
+statistics live here too.
 """
 
 from __future__ import annotations
 
 import csv
-import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from covidreg.datadir import FILE_NAMES
+from covidreg.dayorder import DayOrder, day_ids, recover_order
 from covidreg.errors import CovidRegError
-
-STATES: tuple[str, ...] = (
-    "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "FL", "GA", "ID", "IL", "IN", "IA", "KS",
-    "KY", "LA", "MD", "MA", "MI", "MN", "MS", "MO", "NE", "NV", "NJ", "NM", "NY", "NC",
-    "OH", "OK", "OR", "PA", "RI", "SC", "TX", "UT", "VA", "WA", "WV", "WI",
-)  # fmt: skip
-DAILY: tuple[str, ...] = (
-    "cli", "ili", "hh_cmnty_cli", "nohh_cmnty_cli", "wearing_mask", "travel_outside_state",
-    "work_outside_home", "shop", "restaurant", "spent_time", "large_event", "public_transit",
-    "anxious", "depressed", "felt_isolated", "worried_become_ill", "worried_finances",
-    "tested_positive",
-)  # fmt: skip
-N_DAYS = 3
-TARGET = "tested_positive_d3"
-#: The 93 input features of the test file, named uniquely by day (the CSV repeats names).
-FEATURE_NAMES: tuple[str, ...] = (
-    STATES + tuple(f"{name}_d{day}" for day in range(1, N_DAYS + 1) for name in DAILY)[:-1]
-)
-#: Raw CSV header of a training file (the test file lacks the last column).
-TRAIN_HEADER: tuple[str, ...] = ("id", *STATES, *(DAILY * N_DAYS))
-
-_CLI_FAMILY = ("cli", "ili", "hh_cmnty_cli", "nohh_cmnty_cli")
-_STRONG = (
-    *(f"{n}_d{d}" for d in (1, 2, 3) for n in _CLI_FAMILY),
-    "tested_positive_d1",
-    "tested_positive_d2",
-)
-PRESETS: dict[str, tuple[str, ...]] = {
-    "all": FEATURE_NAMES,
-    # the course's medium-baseline hint: states + the two known days of tested_positive
-    "target_only": (*STATES, "tested_positive_d1", "tested_positive_d2"),
-    # the cli/ili family of all three days + tested_positive of days 1-2 (strong public solutions)
-    "strong": _STRONG,
-    "strong_states": (*STATES, *_STRONG),
-}
+from covidreg.layout import TESTED, HeaderError, Layout, layout_of_features, parse_header
 
 
 @dataclass
 class HW01Table:
-    """A validated HW01 file: ids, the 93 features by position, and the target if present."""
+    """A validated HW01 file: its layout, ids, the input features by position (in
+    ``layout.feature_names`` order) and the target if present."""
 
     path: str
+    layout: Layout
     ids: np.ndarray  # int64 [n]
-    features: np.ndarray  # float64 [n, 93], columns in FEATURE_NAMES order
-    target: np.ndarray | None  # float64 [n], day-3 tested_positive; None for a test file
+    features: np.ndarray  # float64 [n, n_features]
+    target: np.ndarray | None  # float64 [n], the last day's tested_positive; None for a test file
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def states(self) -> np.ndarray:
-        """Index (0..39) of each row's state, from the one-hot columns."""
-        return self.features[:, : len(STATES)].argmax(axis=1)
+        """Index of each row's state in ``layout.states``, from the one-hot columns."""
+        return self.features[:, : len(self.layout.states)].argmax(axis=1)
+
+    def daily_values(self) -> np.ndarray:
+        """Each window's daily values without tested_positive, [n, days, daily columns - 1]."""
+        layout = self.layout
+        days = self.features[:, len(layout.states) :]
+        days = np.concatenate([days, np.zeros((len(self), 1))], axis=1)  # the target's place
+        return days.reshape(len(self), layout.n_days, len(layout.daily))[:, :, :-1]
+
+    @cached_property
+    def order(self) -> DayOrder:
+        """The rows' day order, recovered from their shared days (``covidreg.dayorder``)."""
+        (days,) = day_ids([(self.states, self.daily_values())])
+        return recover_order(self.states, days)
+
+    def columns(self, names: Sequence[str]) -> np.ndarray:
+        """Positions of the named features in ``features``."""
+        return self.layout.columns(names)
+
+
+def shared_day_rows(table: HW01Table, other: HW01Table) -> np.ndarray:
+    """The rows of ``other`` whose window shares a day with a window of ``table``."""
+    if table.layout != other.layout:
+        return np.zeros(0, dtype=np.int64)
+    here, there = day_ids(
+        [(table.states, table.daily_values()), (other.states, other.daily_values())]
+    )
+    return np.flatnonzero(np.isin(there, here).any(axis=1))
 
 
 def _check_path(path: Path, what: str) -> None:
@@ -81,7 +78,8 @@ def _check_path(path: Path, what: str) -> None:
         from covidreg.fetch import DATA_HELP
 
         # the HW01 files under their own names: the user most likely has not fetched them yet
-        hint = DATA_HELP if path.name in ("covid.train.csv", "covid.test.csv") else "check the path"
+        hw01_names = {name for names in FILE_NAMES.values() for name in names}
+        hint = DATA_HELP if path.name in hw01_names else "check the path"
         raise CovidRegError(f"{what} {path} does not exist; {hint}")
     if path.stat().st_size == 0:
         raise CovidRegError(f"{what} {path} is empty; expected the HW01 CSV with a header row")
@@ -99,38 +97,31 @@ def _read_header(path: Path, what: str) -> list[str]:
     return [name.strip() for name in header]
 
 
-def _check_header(header: list[str], path: Path, what: str, require_target: bool | None) -> bool:
-    """Compare the header with the HW01 schema by position; return whether it has the target."""
-    n_train, n_test = len(TRAIN_HEADER), len(TRAIN_HEADER) - 1
-    if require_target is True and len(header) == n_test and header == list(TRAIN_HEADER[:-1]):
+def _read_layout(
+    header: list[str], path: Path, what: str, require_target: bool | None
+) -> tuple[Layout, bool]:
+    """The file's layout from its header, and whether it has the target column."""
+    try:
+        layout, has_target = parse_header(header, require_target)
+    except HeaderError as exc:
         raise CovidRegError(
-            f"{what} {path} has no target column (the last tested_positive); it looks like a "
-            "test file: pass a training-format CSV with all 95 columns"
-        )
-    if require_target is False and len(header) == n_train and header == list(TRAIN_HEADER):
+            f"{what} {path}: {exc}; an HW01 header is id, the state columns, then the daily "
+            f"columns ending with {TESTED}, once per day"
+        ) from None
+    n_train = len(layout.train_header)
+    if require_target is True and not has_target:
         raise CovidRegError(
-            f"{what} {path} has the target column (95 columns, last = tested_positive); it looks "
-            "like a training file: pass the test CSV with 94 columns, or drop the last column"
+            f"{what} {path} has no target column (the last {TESTED}); it looks like a test "
+            f"file of the {layout.describe()}: pass a training-format CSV with all {n_train} "
+            "columns"
         )
-    expected = list(TRAIN_HEADER) if len(header) >= n_train else list(TRAIN_HEADER[:-1])
-    for pos, (got, want) in enumerate(zip(header, expected, strict=False)):
-        if got != want:
-            raise CovidRegError(
-                f"{what} {path}: column {pos + 1} is '{got}', expected '{want}' "
-                "(HW01 schema: id, 40 states, 3 days x 18 daily columns)"
-            )
-    if len(header) > n_train:
+    if require_target is False and has_target:
         raise CovidRegError(
-            f"{what} {path} has {len(header)} columns, expected {n_train} (training) or "
-            f"{n_test} (test); extra column {n_train + 1} is '{header[n_train]}'"
+            f"{what} {path} has the target column ({n_train} columns, last = {TESTED}); it "
+            f"looks like a training file of the {layout.describe()}: pass the test CSV with "
+            f"{n_train - 1} columns, or drop the last column"
         )
-    if len(header) < n_test:
-        missing = expected[len(header)]
-        raise CovidRegError(
-            f"{what} {path} has {len(header)} columns, expected {n_train} (training) or "
-            f"{n_test} (test); first missing column is '{missing}' (column {len(header) + 1})"
-        )
-    return len(header) == n_train
+    return layout, has_target
 
 
 def _row_label(row: int) -> str:
@@ -138,11 +129,11 @@ def _row_label(row: int) -> str:
     return f"line {row + 2} (data row {row + 1})"
 
 
-def _column_label(pos: int, has_target: bool) -> str:
+def _column_label(pos: int, layout: Layout, has_target: bool) -> str:
     """Human name of raw CSV column ``pos`` (0 = id), unique by day."""
     if pos == 0:
         return "id"
-    names = (*FEATURE_NAMES, TARGET) if has_target else FEATURE_NAMES
+    names = (*layout.feature_names, layout.target) if has_target else layout.feature_names
     return f"'{names[pos - 1]}' (column {pos + 1})"
 
 
@@ -172,7 +163,9 @@ def _read_numbers(path: Path, n_cols: int) -> np.ndarray | None:
     return array
 
 
-def _parse_cells(path: Path, what: str, n_cols: int, has_target: bool) -> np.ndarray:
+def _parse_cells(
+    path: Path, what: str, n_cols: int, layout: Layout, has_target: bool
+) -> np.ndarray:
     import pandas as pd
 
     numbers = _read_numbers(path, n_cols)
@@ -203,13 +196,16 @@ def _parse_cells(path: Path, what: str, n_cols: int, has_target: bool) -> np.nda
         kind = "an empty cell" if cell.strip() == "" else f"'{cell}', not a finite number"
         raise CovidRegError(
             f"{what} {path}, {_row_label(row)}, column "
-            f"{_column_label(col, has_target)}: {kind}; fix or remove the row"
+            f"{_column_label(col, layout, has_target)}: {kind}; fix or remove the row"
         )
     return array
 
 
 def _check_rows(
-    array: np.ndarray, where: str, row_label: Callable[[int], str] = _row_label
+    array: np.ndarray,
+    layout: Layout,
+    where: str,
+    row_label: Callable[[int], str] = _row_label,
 ) -> None:
     """ids integer and unique, the state one-hot one-hot; ``where`` names the file or frame."""
     ids = array[:, 0]
@@ -217,21 +213,21 @@ def _check_rows(
     if not_int.any():
         row = int(np.argmax(not_int))
         raise CovidRegError(f"{where}, {row_label(row)}, column 'id': not an integer id")
-    onehot = array[:, 1 : 1 + len(STATES)]
+    states = layout.states
+    onehot = array[:, 1 : 1 + len(states)]
     not_binary = ~np.isin(onehot, (0.0, 1.0))
     if not_binary.any():
         row, col = map(int, np.argwhere(not_binary)[0])
         raise CovidRegError(
-            f"{where}, {row_label(row)}, column '{STATES[col]}': state columns must be 0 "
-            "or 1, "
-            f"got {onehot[row, col]:g}"
+            f"{where}, {row_label(row)}, column '{states[col]}': state columns must be 0 "
+            f"or 1, got {onehot[row, col]:g}"
         )
     sums = onehot.sum(axis=1)
     if np.any(sums != 1):
         row = int(np.argmax(sums != 1))
         raise CovidRegError(
-            f"{where}, {row_label(row)}, columns AL..WI: the state one-hot has "
-            f"{int(sums[row])} ones, expected exactly 1"
+            f"{where}, {row_label(row)}, columns {states[0]}..{states[-1]}: the state one-hot "
+            f"has {int(sums[row])} ones, expected exactly 1"
         )
     unique, counts = np.unique(ids, return_counts=True)
     if np.any(counts > 1):
@@ -243,53 +239,42 @@ def _check_rows(
         )
 
 
-def read_hw01_csv(
-    path: str | Path, require_target: bool | None = None, what: str = "CSV file"
-) -> HW01Table:
-    """Read and validate one HW01 file; every problem is a CovidRegError naming row and column.
-
-    ``require_target``: True for training files, False for test files, None to accept both.
-    """
-    path = Path(path)
-    _check_path(path, what)
-    header = _read_header(path, what)
-    has_target = _check_header(header, path, what, require_target)
-    array = _parse_cells(path, what, len(header), has_target)
-    _check_rows(array, f"{what} {path}")
-    n_features = len(FEATURE_NAMES)
+def _table(where: str, layout: Layout, array: np.ndarray, has_target: bool) -> HW01Table:
+    n_features = len(layout.feature_names)
     return HW01Table(
-        path=str(path),
+        path=where,
+        layout=layout,
         ids=array[:, 0].astype(np.int64),
         features=np.ascontiguousarray(array[:, 1 : 1 + n_features]),
         target=array[:, 1 + n_features].copy() if has_target else None,
     )
 
 
-def resolve_features(spec: Sequence[str]) -> list[str]:
-    """Feature names from a preset name or an explicit list of names (in the given order)."""
-    if len(spec) == 0:
-        raise CovidRegError(f"no features given; use a preset ({', '.join(PRESETS)}) or names")
-    if len(spec) == 1 and spec[0] in PRESETS:
-        return list(PRESETS[spec[0]])
-    names: list[str] = []
-    for name in spec:
-        if name in PRESETS:
-            raise CovidRegError(
-                f"feature preset '{name}' cannot be mixed with feature names; use it alone"
-            )
-        if name not in FEATURE_NAMES:
-            close = difflib.get_close_matches(name, FEATURE_NAMES, n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else "see 'covidreg features'"
-            raise CovidRegError(f"unknown feature '{name}'; presets: {', '.join(PRESETS)}; {hint}")
-        if name in names:
-            raise CovidRegError(f"feature '{name}' is listed twice")
-        names.append(name)
-    return names
+def read_hw01_csv(
+    path: str | Path, require_target: bool | None = None, what: str = "CSV file"
+) -> HW01Table:
+    """Read and validate one HW01 file of any layout; every problem is a CovidRegError naming
+    row and column.
+
+    ``require_target``: True for training files, False for test files, None to accept both.
+    """
+    path = Path(path)
+    _check_path(path, what)
+    header = _read_header(path, what)
+    layout, has_target = _read_layout(header, path, what, require_target)
+    array = _parse_cells(path, what, len(header), layout, has_target)
+    _check_rows(array, layout, f"{what} {path}")
+    return _table(str(path), layout, array, has_target)
 
 
-def feature_columns(names: Sequence[str]) -> np.ndarray:
-    """Positions of the named features in ``HW01Table.features``."""
-    return np.array([FEATURE_NAMES.index(name) for name in names], dtype=np.int64)
+def check_same_layout(expected: Layout, table: HW01Table, whose: str) -> None:
+    """A file meets a model (or a test file a training file): both must have one layout.
+    ``whose`` says what has ``expected``, e.g. 'model runs/x/model.pt was trained on'."""
+    if table.layout != expected:
+        raise CovidRegError(
+            f"{whose} the {expected.describe()}; {table.path} has the "
+            f"{table.layout.describe()}: pass a file of the same edition"
+        )
 
 
 # --- features of a subset of rows ---------------------------------------------------------------
@@ -317,7 +302,9 @@ def select(table: HW01Table, columns: np.ndarray, rows: np.ndarray | None = None
 # --- normalisation ------------------------------------------------------------------------------
 
 
-def fit_standardization(x_train: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def fit_standardization(
+    x_train: np.ndarray, names: Sequence[str], layout: Layout
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of each feature over the training rows only; one-hot states pass through.
 
     Fitting on the training split only matters: the course sample code normalised each set with
@@ -327,7 +314,7 @@ def fit_standardization(x_train: np.ndarray, names: Sequence[str]) -> tuple[np.n
     x = np.asarray(x_train, dtype=np.float64)
     mean = x.mean(axis=0)
     std = x.std(axis=0)
-    is_state = np.array([name in STATES for name in names], dtype=bool)
+    is_state = np.array([name in layout.states for name in names], dtype=bool)
     mean[is_state] = 0.0
     std[is_state] = 1.0
     constant = np.all(x == x[:1], axis=0) | (std < 1e-12)
@@ -338,52 +325,48 @@ def fit_standardization(x_train: np.ndarray, names: Sequence[str]) -> tuple[np.n
 # --- pandas frames ------------------------------------------------------------------------------
 
 
-def _pandas_names(header: Sequence[str]) -> list[str]:
-    """The column names ``pandas.read_csv`` gives a header with repeated names (cli, cli.1...)."""
-    seen: dict[str, int] = {}
-    names = []
-    for name in header:
-        count = seen.get(name, 0)
-        names.append(name if count == 0 else f"{name}.{count}")
-        seen[name] = count + 1
-    return names
-
-
-#: ``pandas.read_csv`` of a training file: id, the states, cli ... tested_positive.2.
-PANDAS_HEADER: tuple[str, ...] = tuple(_pandas_names(TRAIN_HEADER))
-
-
 def hw01_frame(table: HW01Table) -> Any:
     """A validated file as a DataFrame indexed by id: the feature names, then the target."""
     import pandas as pd
 
-    frame = pd.DataFrame(table.features, columns=list(FEATURE_NAMES))
+    frame = pd.DataFrame(table.features, columns=list(table.layout.feature_names))
     if table.target is not None:
-        frame[TARGET] = table.target
+        frame[table.layout.target] = table.target
     frame.index = pd.Index(table.ids, name="id")
     return frame
 
 
-def _frame_parts(frame: Any, what: str) -> tuple[Any, Any, Any]:
-    """ids (or None), the 93 feature columns and the target column (or None) of a frame named
-    by feature (``hw01_frame``) or by the raw header (``pandas.read_csv`` of an HW01 file)."""
+def frame_layout(columns: Sequence[Any]) -> tuple[Layout, bool] | None:
+    """The layout of a frame's columns, and whether they hold the target: named by feature
+    (``hw01_frame``), or as ``pandas.read_csv`` names an HW01 file's (``cli.1``...), the id
+    column optional; None for any other columns."""
+    names = [str(c) for c in columns if str(c) != "id"]
+    layout = layout_of_features(names)
+    if layout is not None:
+        return layout, names[-1] == layout.target
+    try:
+        return parse_header(["id", *names])
+    except HeaderError:
+        return None
+
+
+def _frame_parts(frame: Any, what: str) -> tuple[Layout, Any, Any, Any]:
+    """The layout, ids (or None), the feature columns and the target column (or None) of a
+    frame named by feature or by the raw header."""
     columns = [str(c) for c in frame.columns]
+    found = frame_layout(columns)
+    if found is None:
+        raise CovidRegError(
+            f"{what} does not have the columns of an HW01 file (id, the states, then the daily "
+            f"columns ending with {TESTED} once per day, or the features cli_d1 ...); pass "
+            "covidreg.read_hw01(path), or pandas.read_csv of an HW01 file"
+        )
+    layout, has_target = found
     ids = frame["id"] if "id" in columns else None
-    if all(name in columns for name in FEATURE_NAMES):
-        target = frame[TARGET] if TARGET in columns else None
-        return ids, frame[list(FEATURE_NAMES)], target
-    raw = columns if "id" in columns else ["id", *columns]
-    if raw in (list(PANDAS_HEADER), list(PANDAS_HEADER[:-1])):
-        start = 1 if "id" in columns else 0
-        features = frame.iloc[:, start : start + len(FEATURE_NAMES)]
-        target = frame.iloc[:, -1] if len(raw) == len(PANDAS_HEADER) else None
-        return ids, features, target
-    missing = [name for name in FEATURE_NAMES if name not in columns]
-    raise CovidRegError(
-        f"{what} lacks the HW01 feature column '{missing[0]}' ({len(missing)} of "
-        f"{len(FEATURE_NAMES)} missing); pass covidreg.read_hw01(path), or pandas.read_csv of an "
-        "HW01 file"
-    )
+    start = 1 if columns and columns[0] == "id" else 0
+    features = frame.iloc[:, start : start + len(layout.feature_names)]
+    target = frame.iloc[:, start + len(layout.feature_names)] if has_target else None
+    return layout, ids, features, target
 
 
 def _plain(value: Any) -> Any:
@@ -408,28 +391,51 @@ def _frame_numbers(part: Any, names: Sequence[str], what: str) -> np.ndarray:
 
 
 def table_from_frame(frame: Any, what: str = "DataFrame") -> HW01Table:
-    """A DataFrame in the HW01 schema (with or without the target) as a validated table.
+    """A DataFrame of an HW01 file (any layout, with or without the target) as a validated
+    table.
 
     Columns by feature name (``hw01_frame``, ``covidreg.read_hw01``) or as ``pandas.read_csv``
     names an HW01 file's; the ids come from an ``id`` column or index, else 0, 1, 2...
     """
     import pandas as pd
 
-    ids, features, target = _frame_parts(frame, what)
+    layout, ids, features, target = _frame_parts(frame, what)
     if len(frame) == 0:
         raise CovidRegError(f"{what} has no rows")
     if ids is None:
         ids = frame.index if frame.index.name == "id" else np.arange(len(frame))
     ids = pd.DataFrame({"id": np.asarray(ids)}, index=frame.index)
-    parts = [_frame_numbers(ids, ["id"], what), _frame_numbers(features, FEATURE_NAMES, what)]
+    names = layout.feature_names
+    parts = [_frame_numbers(ids, ["id"], what), _frame_numbers(features, names, what)]
     if target is not None:
-        parts.append(_frame_numbers(target.to_frame(), [TARGET], what))
+        parts.append(_frame_numbers(target.to_frame(), [layout.target], what))
     array = np.hstack(parts)
-    _check_rows(array, what, lambda row: f"row {row} (index {_plain(frame.index[row])!r})")
-    n_features = len(FEATURE_NAMES)
-    return HW01Table(
-        path=what,
-        ids=array[:, 0].astype(np.int64),
-        features=np.ascontiguousarray(array[:, 1 : 1 + n_features]),
-        target=array[:, 1 + n_features].copy() if target is not None else None,
+    label = lambda row: f"row {row} (index {_plain(frame.index[row])!r})"  # noqa: E731
+    _check_rows(array, layout, what, label)
+    return _table(what, layout, array, target is not None)
+
+
+def describe_files(train: HW01Table, test: HW01Table | None) -> list[str]:
+    """What was found in a training file (and its test file): layout, rows, day order."""
+    layout, order = train.layout, train.order
+    per_state = np.bincount(
+        np.unique(np.c_[train.states, order.stretch], axis=0)[:, 0], minlength=len(layout.states)
     )
+    lines = [f"training CSV {train.path}: {layout.describe()}, {len(train)} rows"]
+    if order.source == "data":
+        broken = per_state[per_state > 1]
+        lines.append(
+            f"day order: recovered from the rows' shared days, {order.n_stretches} stretches of "
+            f"consecutive windows for {int((per_state > 0).sum())} states "
+            f"({int((per_state == 1).sum())} states one stretch, {len(broken)} broken into "
+            f"{', '.join(map(str, sorted(set(broken.tolist())))) or '-'})"
+        )
+    else:
+        lines.append("day order: no two windows share a day; each state's rows in file order")
+    if test is not None:
+        shared = shared_day_rows(train, test)
+        lines.append(
+            f"test CSV {test.path}: {test.layout.describe()}, {len(test)} rows, {len(shared)} "
+            "of them share a day with a training row"
+        )
+    return lines

@@ -81,7 +81,7 @@ def train_seeds(
 
     tensorboard_logs.check(cfg)
     train_idx, valid_idx = holdout_split(
-        data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
+        data.train.order, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
     run_dir = _new_run_dir(out, runs_dir, "train")
     if on_start is not None:

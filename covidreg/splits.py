@@ -1,14 +1,17 @@
 """Train/valid splits of the HW01 training rows: k folds or one holdout, of three kinds.
 
-Each row of the HW01 files is a 3-day window of one state. Within a state, consecutive training
-rows are consecutive windows sharing two of their three days, so row i's target (day-3
-tested_positive) is row i+1's ``tested_positive_d2`` feature. A random or every-k-th-row split
-therefore leaks validation answers into training; ``blocked`` holds out whole stretches of days
-and purges the neighbouring windows.
+Each row of the HW01 files is a window of D consecutive days of one state (2021: 3, 2022: 5).
+Consecutive windows share D - 1 days, so a window's target (day-D tested_positive) is the next
+window's day D-1 ``tested_positive``. A random or every-k-th-row split therefore leaks validation
+answers into training; ``blocked`` holds out whole stretches of days and purges the windows that
+share a day with them.
 
-Each kind is one rule choosing the validation rows: a stretch of every state's days (blocked), a
-stretch of one seeded shuffle of the rows (random), every k-th row (interleaved). The k-fold
-splitters apply it once per fold, ``holdout_split`` once.
+The splitters take the rows' ``DayOrder`` (``covidreg.dayorder``): the stretches of consecutive
+windows and each row's place in day order, recovered from the data, so a shuffled file gives
+the same blocked folds as the same rows in day order. Each kind is one rule choosing the
+validation rows: a block of every stretch's days (blocked), a stretch of one seeded shuffle of
+the rows (random), every k-th row of the file (interleaved). The k-fold splitters apply it once
+per fold, ``holdout_split`` once.
 """
 
 from __future__ import annotations
@@ -17,16 +20,30 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from covidreg.config import AUTO_PURGE
+from covidreg.dayorder import DayOrder
 from covidreg.errors import CovidRegError
 
 
-def within_state_position(states: np.ndarray) -> np.ndarray:
-    """Rank of each row within its state in file order (the HW01 files list days in order)."""
-    position = np.empty(len(states), dtype=np.int64)
-    for state in np.unique(states):
-        rows = np.flatnonzero(states == state)
-        position[rows] = np.arange(len(rows))
-    return position
+def resolve_purge(purge: int | str, order: DayOrder) -> int:
+    """Windows dropped on each side of a validation block; auto: D - 1, those sharing a day."""
+    if purge == AUTO_PURGE:
+        return order.n_days - 1
+    if isinstance(purge, bool) or not isinstance(purge, int) or purge < 0:
+        raise CovidRegError(f"purge must be auto or an integer >= 0, got {purge!r}")
+    return purge
+
+
+def _purged(
+    order: DayOrder, purge: int | str, split: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``purge = auto`` also drops every other training window that shares a day with a
+    validation window: where a stretch broke off a window or two before another one began.
+    A number of windows is only that number (``purge = 0`` shows the leak)."""
+    train, valid = split
+    if purge != AUTO_PURGE:
+        return train, valid
+    return train[~np.isin(train, order.sharing_days(train, valid))], valid
 
 
 def _check_n_splits(n_splits: int) -> int:
@@ -47,56 +64,66 @@ def _check_enough_rows(n_splits: int, n_rows: int) -> None:
 
 
 def _blocked_fold(
-    position: np.ndarray, start: np.ndarray, end: np.ndarray | None, purge: int
+    order: DayOrder, start: np.ndarray, end: np.ndarray | None, purge: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Train and valid rows when each state's windows at positions [start, end) are held out.
+    """Train and valid rows (each in day order) when each stretch's windows at positions
+    [start, end) are held out.
 
-    ``start`` and ``end`` are per row (their state's bounds); ``end`` None runs the block to the
-    state's last day, so nothing after it is purged. Training loses the ``purge`` windows on each
-    side of the block.
+    ``start`` and ``end`` are per row (their stretch's bounds); ``end`` None runs the block to
+    the stretch's last day, so nothing after it is purged. Training loses the ``purge`` windows
+    on each side of the block.
     """
+    position = order.position
     valid = position >= start
     near = position >= start - purge
     if end is not None:
         valid &= position < end
         near &= position < end + purge
-    return np.flatnonzero(~near), np.flatnonzero(valid)
+    return order.sorted(np.flatnonzero(~near)), order.sorted(np.flatnonzero(valid))
+
+
+def _stretch_sizes(order: DayOrder) -> np.ndarray:
+    """Each row's stretch's number of rows."""
+    _, inverse, counts = np.unique(order.stretch, return_inverse=True, return_counts=True)
+    return counts[inverse.reshape(-1)]
 
 
 class BlockedKFold:
-    """Fold k holds the k-th contiguous block of days of every state.
+    """Fold k holds the k-th contiguous block of days of every stretch (a state's chain of
+    consecutive windows; one per state in the 2021 files).
 
-    The ``purge`` windows on each side of a state's block are left out of training: windows at
-    most two rows apart share a day, so without purging the validation days leak into training.
+    The ``purge`` windows on each side of a block are left out of training (auto: D - 1, the
+    windows that share a day with it, and any other window sharing a day with the block):
+    without purging the validation days leak into training.
     """
 
-    def __init__(self, n_splits: int = 5, purge: int = 2) -> None:
-        if purge < 0:
-            raise CovidRegError(f"purge must be >= 0, got {purge}")
+    def __init__(self, n_splits: int = 5, purge: int | str = AUTO_PURGE) -> None:
+        if purge != AUTO_PURGE and (not isinstance(purge, int) or purge < 0):
+            raise CovidRegError(f"purge must be auto or an integer >= 0, got {purge!r}")
         self.n_splits = _check_n_splits(n_splits)
         self.purge = purge
 
-    def split(self, states: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        _check_enough_rows(self.n_splits, len(states))
-        smallest = np.bincount(states)[np.unique(states)].min()
-        if self.n_splits > smallest:
+    def split(self, order: DayOrder) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        _check_enough_rows(self.n_splits, len(order))
+        n_per_stretch = _stretch_sizes(order)
+        if self.n_splits > n_per_stretch.max():
             raise CovidRegError(
-                f"blocked split with {self.n_splits} folds needs at least {self.n_splits} rows per "
-                f"state, but a state has {smallest}; use fewer folds"
+                f"blocked split with {self.n_splits} folds needs a stretch of at least "
+                f"{self.n_splits} consecutive windows, but the longest has "
+                f"{n_per_stretch.max()}; use fewer folds"
             )
-        position = within_state_position(states)
-        n_per_state = np.bincount(states)[states]
-        size, extra = n_per_state // self.n_splits, n_per_state % self.n_splits
+        windows = resolve_purge(self.purge, order)
+        size, extra = n_per_stretch // self.n_splits, n_per_stretch % self.n_splits
         for k in range(self.n_splits):
-            # block k of a state with m windows spans [start, end): np.array_split's cut of m
+            # block k of a stretch with m windows spans [start, end): np.array_split's cut of m
             start = k * size + np.minimum(k, extra)
             end = start + size + (k < extra)
-            train, valid = _blocked_fold(position, start, end, self.purge)
+            train, valid = _purged(order, self.purge, _blocked_fold(order, start, end, windows))
             if len(train) == 0:
                 raise CovidRegError(
                     f"blocked split: fold {k + 1} of {self.n_splits} leaves no training rows "
-                    f"after purging {self.purge} windows on each side; use fewer folds, a "
-                    "smaller purge or more rows per state"
+                    f"after purging {windows} windows on each side; use fewer folds, a "
+                    "smaller purge or more rows per stretch"
                 )
             yield train, valid
 
@@ -122,11 +149,11 @@ class RandomKFold:
         self.n_splits = _check_n_splits(n_splits)
         self.seed = seed
 
-    def split(self, states: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        _check_enough_rows(self.n_splits, len(states))
-        order = _shuffled_rows(len(states), self.seed)
-        for held_out in np.array_split(order, self.n_splits):
-            yield _random_fold(len(states), held_out)
+    def split(self, order: DayOrder) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        _check_enough_rows(self.n_splits, len(order))
+        shuffled = _shuffled_rows(len(order), self.seed)
+        for held_out in np.array_split(shuffled, self.n_splits):
+            yield _random_fold(len(order), held_out)
 
 
 # --- interleaved --------------------------------------------------------------------------------
@@ -144,10 +171,10 @@ class InterleavedKFold:
     def __init__(self, n_splits: int = 5) -> None:
         self.n_splits = _check_n_splits(n_splits)
 
-    def split(self, states: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        _check_enough_rows(self.n_splits, len(states))
+    def split(self, order: DayOrder) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        _check_enough_rows(self.n_splits, len(order))
         for k in range(self.n_splits):
-            yield _interleaved_fold(len(states), self.n_splits, k)
+            yield _interleaved_fold(len(order), self.n_splits, k)
 
 
 # --- by name ------------------------------------------------------------------------------------
@@ -158,7 +185,7 @@ def _unknown_split(method: str) -> CovidRegError:
 
 
 def make_kfold(
-    method: str, n_splits: int, seed: int = 0, purge: int = 2
+    method: str, n_splits: int, seed: int = 0, purge: int | str = AUTO_PURGE
 ) -> BlockedKFold | RandomKFold | InterleavedKFold:
     if method == "blocked":
         return BlockedKFold(n_splits, purge)
@@ -170,23 +197,29 @@ def make_kfold(
 
 
 def holdout_split(
-    states: np.ndarray, method: str, valid_ratio: float, seed: int = 0, purge: int = 2
+    order: DayOrder,
+    method: str,
+    valid_ratio: float,
+    seed: int = 0,
+    purge: int | str = AUTO_PURGE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One train/valid split holding out ``valid_ratio`` of the rows, by the k-fold rules.
 
-    blocked: the last ``valid_ratio`` of each state's days (train on earlier days, validate on
-    later ones), with ``purge`` windows before them dropped. random: a seeded shuffle.
+    blocked: the last ``valid_ratio`` of each stretch's days (train on earlier days, validate
+    on later ones), with ``purge`` windows before them dropped. random: a seeded shuffle.
     interleaved: every k-th row with k = round(1 / valid_ratio), rows 0, k, 2k... as in the
     course sample code.
     """
-    n = len(states)
+    n = len(order)
     if not 0 < valid_ratio < 1:
         raise CovidRegError(f"valid_ratio must be between 0 and 1, got {valid_ratio}")
     if method == "blocked":
-        position = within_state_position(states)
-        n_per_state = np.bincount(states)[states]
-        n_valid = np.maximum(1, np.round(n_per_state * valid_ratio).astype(np.int64))
-        train_idx, valid_idx = _blocked_fold(position, n_per_state - n_valid, None, purge)
+        n_per_stretch = _stretch_sizes(order)
+        n_valid = np.maximum(1, np.round(n_per_stretch * valid_ratio).astype(np.int64))
+        windows = resolve_purge(purge, order)
+        train_idx, valid_idx = _purged(
+            order, purge, _blocked_fold(order, n_per_stretch - n_valid, None, windows)
+        )
     elif method == "random":
         n_valid = max(1, round(n * valid_ratio))
         train_idx, valid_idx = _random_fold(n, _shuffled_rows(n, seed)[:n_valid])
@@ -206,10 +239,10 @@ def holdout_split(
 
 
 def stopping_split(
-    states: np.ndarray, train_idx: np.ndarray, valid_ratio: float, purge: int
+    order: DayOrder, train_idx: np.ndarray, valid_ratio: float, purge: int | str
 ) -> tuple[np.ndarray, np.ndarray]:
     """``stop_on = "train_tail"``: the training rows the model fits and those it early-stops
-    on, the last ``valid_ratio`` of each state's training days with ``purge`` windows before
+    on, the last ``valid_ratio`` of each stretch's training days with ``purge`` windows before
     them dropped (the blocked holdout of the training rows), as row indices."""
-    fit, stop = holdout_split(states[train_idx], "blocked", valid_ratio, 0, purge)
+    fit, stop = holdout_split(order.take(train_idx), "blocked", valid_ratio, 0, purge)
     return train_idx[fit], train_idx[stop]

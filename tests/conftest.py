@@ -14,21 +14,46 @@ from typing import Any
 import numpy as np
 import pytest
 
-from covidreg.schema import DAILY, STATES, TRAIN_HEADER
+from covidreg.dayorder import DayOrder
+from covidreg.layout import EDITIONS, Layout
 
 REAL_DATA_ENV = "COVIDREG_DATA_DIR"
+REAL_DATA_2022_ENV = "COVIDREG_DATA_DIR_2022"
+
+#: The synthetic files have the 2021 layout, unless a test writes another one.
+LAYOUT = EDITIONS["2021"]
+STATES = LAYOUT.states
+DAILY = LAYOUT.daily
+TRAIN_HEADER = LAYOUT.train_header
+FEATURE_NAMES = LAYOUT.feature_names
+TARGET = LAYOUT.target
+PRESETS = {name: LAYOUT.preset(name) for name in ("all", "target_only", "strong", "strong_states")}
 
 
-def synthetic_days(n_states: int, n_windows: int, seed: int) -> np.ndarray:
-    """Daily values [state, day, 18] for n_windows + 2 days of each state."""
+def windows_order(states: np.ndarray, n_days: int = 3) -> DayOrder:
+    """The day order of windows listed by state in day order (as the 2021 files list them):
+    a state's row at position p covers its days p..p+D-1."""
+    states = np.asarray(states, dtype=np.int64)
+    position = np.zeros(len(states), dtype=np.int64)
+    for state in np.unique(states):
+        rows = np.flatnonzero(states == state)
+        position[rows] = np.arange(len(rows))
+    days = (states * 100_000 + position)[:, None] + np.arange(n_days)
+    return DayOrder(states, position, days, source="data")
+
+
+def synthetic_days(n_states: int, n_windows: int, seed: int, layout: Layout = LAYOUT) -> np.ndarray:
+    """Daily values [state, day, daily columns] for the days of n_windows windows of each
+    state."""
     rng = np.random.default_rng(seed)
-    n_days = n_windows + 2
-    days = np.empty((n_states, n_days, len(DAILY)))
-    base = rng.uniform(5, 60, size=(n_states, len(DAILY)))
-    walk = np.cumsum(rng.normal(0, 0.6, size=(n_states, n_days, len(DAILY))), axis=1)
+    n_days = n_windows + layout.n_days - 1
+    days = np.empty((n_states, n_days, len(layout.daily)))
+    base = rng.uniform(5, 60, size=(n_states, len(layout.daily)))
+    walk = np.cumsum(rng.normal(0, 0.6, size=(n_states, n_days, len(layout.daily))), axis=1)
     days[:] = base[:, None, :] + walk
-    days[..., :4] = np.abs(days[..., :4]) / 20 + 0.3  # cli, ili, hh_cmnty_cli, nohh_cmnty_cli
-    cli = days[..., 0] + days[..., 2] / 2
+    family = [layout.daily.index(c) for c in ("cli", "ili", "hh_cmnty_cli", "nohh_cmnty_cli")]
+    days[..., family] = np.abs(days[..., family]) / 20 + 0.3
+    cli = days[..., family[0]] + days[..., family[2]] / 2
     tested = np.empty((n_states, n_days))
     tested[:, 0] = rng.uniform(5, 30, n_states)
     for d in range(1, n_days):
@@ -37,22 +62,29 @@ def synthetic_days(n_states: int, n_windows: int, seed: int) -> np.ndarray:
     return days
 
 
-def synthetic_rows(n_states: int = 4, n_windows: int = 30, seed: int = 0) -> np.ndarray:
-    """Rows in the training-file layout (without id): states one-hot + 3 days x 18."""
-    days = synthetic_days(n_states, n_windows, seed)
+def synthetic_rows(
+    n_states: int = 4, n_windows: int = 30, seed: int = 0, layout: Layout = LAYOUT
+) -> np.ndarray:
+    """Rows of a training file (without id): states one-hot + D days of the daily columns,
+    grouped by state in day order."""
+    days = synthetic_days(n_states, n_windows, seed, layout)
     rows = []
     for s in range(n_states):
-        onehot = np.zeros(len(STATES))
+        onehot = np.zeros(len(layout.states))
         onehot[s] = 1.0
         for w in range(n_windows):
-            rows.append(np.concatenate([onehot, days[s, w : w + 3].reshape(-1)]))
+            rows.append(np.concatenate([onehot, days[s, w : w + layout.n_days].reshape(-1)]))
     return np.array(rows)
 
 
 def write_hw01_csv(
-    path: Path, rows: np.ndarray, with_target: bool = True, first_id: int = 0
+    path: Path,
+    rows: np.ndarray,
+    with_target: bool = True,
+    first_id: int = 0,
+    layout: Layout = LAYOUT,
 ) -> Path:
-    header = list(TRAIN_HEADER if with_target else TRAIN_HEADER[:-1])
+    header = list(layout.train_header if with_target else layout.train_header[:-1])
     body = rows if with_target else rows[:, :-1]
     lines = [",".join(header)]
     for i, row in enumerate(body):
@@ -128,19 +160,30 @@ def hw01_files(tmp_path: Path) -> dict[str, Path]:
     return {"train": train, "test": test, "dir": tmp_path}
 
 
-@pytest.fixture
-def real_data_dir() -> Path:
-    """The real HW01 files, from COVIDREG_DATA_DIR.
+def _real_dir(variable: str, year: str) -> Path:
+    """The real files of ``year``, from ``variable``.
 
     CI sets it, so a real-data test never passes by being skipped there: outside CI a missing
     variable skips, inside CI (CI=true) it fails.
     """
-    value = os.environ.get(REAL_DATA_ENV)
+    value = os.environ.get(variable)
     if not value:
         if os.environ.get("CI"):
-            pytest.fail(f"{REAL_DATA_ENV} is not set in CI: the real-data tests must run")
-        pytest.skip(f"set {REAL_DATA_ENV} to the directory holding covid.train.csv")
+            pytest.fail(f"{variable} is not set in CI: the real-data tests must run")
+        pytest.skip(f"set {variable} to the directory holding the {year} covid.train.csv")
     path = Path(value)
     if not (path / "covid.train.csv").is_file():
-        pytest.fail(f"{REAL_DATA_ENV}={value} does not hold covid.train.csv")
+        pytest.fail(f"{variable}={value} does not hold covid.train.csv")
     return path
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """The real 2021 HW01 files, from COVIDREG_DATA_DIR."""
+    return _real_dir(REAL_DATA_ENV, "2021")
+
+
+@pytest.fixture
+def real_2022_dir() -> Path:
+    """The real 2022 HW01 files, from COVIDREG_DATA_DIR_2022."""
+    return _real_dir(REAL_DATA_2022_ENV, "2022")

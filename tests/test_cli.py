@@ -282,11 +282,13 @@ def test_missing_default_data_points_at_fetch(
     command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COVIDREG_DATA_DIR", raising=False)
     result = runner.invoke(app, [command])
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1
     assert "data/covid.train.csv does not exist" in result.stderr
-    assert "'covidreg fetch'" in result.stderr and "--from DIR" in result.stderr
+    assert "--train-csv" in result.stderr and "'covidreg fetch [--edition" in result.stderr
+    assert "--from DIR" in result.stderr
     assert list(tmp_path.iterdir()) == [], "nothing may be written"
 
 

@@ -63,6 +63,7 @@ def every_field_changed() -> Config:
         "min_lr": 1e-6,
         "min_delta": 1e-9,
         "nesterov": True,
+        "purge": 3,
     }
     for name in FIELDS:
         if name in values:
@@ -90,7 +91,7 @@ def test_defaults_are_the_recommended_setup() -> None:
     assert cfg.features == ["strong"]
     assert cfg.split == "blocked"
     assert cfg.valid_ratio == 0.2
-    assert cfg.purge == 2
+    assert cfg.purge == "auto" and cfg.train_csv == cfg.test_csv == cfg.edition == "auto"
     assert cfg.hidden == [16]
     assert (cfg.optimizer, cfg.lr) == ("adam", 1e-3)
     assert (cfg.epochs, cfg.patience, cfg.batch_size) == (3000, 300, 64)

@@ -20,9 +20,8 @@ from covidreg.engine import predict
 from covidreg.experiment import load_data
 from covidreg.inference import load_model
 from covidreg.processes import can_fork
-from covidreg.schema import FEATURE_NAMES, PRESETS
-from covidreg.splits import make_kfold, within_state_position
-from tests.conftest import synthetic_rows, write_hw01_csv
+from covidreg.splits import make_kfold
+from tests.conftest import FEATURE_NAMES, PRESETS, synthetic_rows, windows_order, write_hw01_csv
 
 runner = CliRunner()
 CV_COLUMNS = [
@@ -42,6 +41,7 @@ CV_COLUMNS = [
 ]
 N_STATES, N_WINDOWS = 4, 30
 STATES = np.repeat(np.arange(N_STATES), N_WINDOWS)
+ORDER = windows_order(STATES)
 # raw CSV columns (0 = id): day 2's tested_positive and the target
 TESTED_POSITIVE_D2 = 1 + 40 + 18 + 17
 TARGET = -1
@@ -120,8 +120,8 @@ def test_every_row_is_in_exactly_one_validation_fold(
 
 @pytest.mark.parametrize("n_folds", [2, 3, 5, 8])
 def test_blocked_folds_share_no_day_with_their_training_rows(n_folds: int) -> None:
-    position = within_state_position(STATES)
-    for train_idx, valid_idx in make_kfold("blocked", n_folds, purge=2).split(STATES):
+    position = ORDER.position
+    for train_idx, valid_idx in make_kfold("blocked", n_folds, purge=2).split(ORDER):
         for state in range(N_STATES):
             # row at position p of a state covers that state's days p, p+1, p+2
             def days(rows: np.ndarray, state: int = state) -> set[int]:
@@ -150,7 +150,7 @@ def test_cv_csv_has_one_row_per_fold(cv_run: Path) -> None:
     assert list(rows[0]) == CV_COLUMNS
     assert [int(r["fold"]) for r in rows] == [1, 2, 3]
     assert [int(r["seed"]) for r in rows] == [fold_seed(42, k) for k in (1, 2, 3)]
-    folds = list(make_kfold("blocked", 3, purge=2).split(STATES))
+    folds = list(make_kfold("blocked", 3, purge=2).split(ORDER))
     for row, (train_idx, valid_idx) in zip(rows, folds, strict=True):
         assert int(row["train_rows"]) == len(train_idx)
         assert int(row["valid_rows"]) == len(valid_idx)
@@ -180,7 +180,7 @@ def test_fold_models_load_and_score_their_validation_rows(
 ) -> None:
     rows = read_cv_csv(cv_run / "cv.csv")
     table = raw(data["train"])
-    folds = list(make_kfold("blocked", 3, purge=2).split(STATES))
+    folds = list(make_kfold("blocked", 3, purge=2).split(ORDER))
     for k, (row, (_, valid_idx)) in enumerate(zip(rows, folds, strict=True), start=1):
         loaded = load_model(cv_run / f"fold_{k}" / "model.pt")
         columns = [1 + FEATURE_NAMES.index(n) for n in loaded.feature_names]
@@ -259,7 +259,11 @@ def test_fold_processes_change_only_the_time(
         ("0", "random", "number of folds must be an integer >= 2, got 0"),
         ("-3", "interleaved", "number of folds must be an integer >= 2, got -3"),
         ("121", "random", "number of folds (121) exceeds the number of rows (120)"),
-        ("31", "blocked", "needs at least 31 rows per state, but a state has 30"),
+        (
+            "31",
+            "blocked",
+            "needs a stretch of at least 31 consecutive windows, but the longest has 30",
+        ),
     ],
 )
 def test_bad_fold_counts_are_one_line_errors(
@@ -299,7 +303,7 @@ def test_baselines_equal_hand_computations(cv_run: Path, data: dict[str, Path]) 
     rows = read_cv_csv(cv_run / "cv.csv")
     table = raw(data["train"])
     columns = [1 + FEATURE_NAMES.index(n) for n in PRESETS["strong"]]  # the default features
-    folds = list(make_kfold("blocked", 3, purge=2).split(STATES))
+    folds = list(make_kfold("blocked", 3, purge=2).split(ORDER))
     for row, (train_idx, valid_idx) in zip(rows, folds, strict=True):
         y_valid = table[valid_idx, TARGET]
         persistence = table[valid_idx, TESTED_POSITIVE_D2]  # day 3 = day 2
@@ -329,7 +333,7 @@ def test_with_train_tail_the_validation_rows_are_only_scored(
     # for cv folds) the training must not notice
     stops_on = "valid" if stop_on == "valid" else "train_tail"
     rows = synthetic_rows(N_STATES, N_WINDOWS, seed=0)
-    folds = list(make_kfold("blocked", 3, purge=2).split(STATES))
+    folds = list(make_kfold("blocked", 3, purge=2).split(ORDER))
     changed = rows.copy()
     changed[folds[1][1], TARGET] += 5.0
     other = write_hw01_csv(tmp_path / "changed.csv", changed)

@@ -34,14 +34,16 @@ from covidreg.engine import (
 from covidreg.errors import CovidRegError
 from covidreg.model import MLP
 from covidreg.reproducibility import flushing_denormals
-from covidreg.schema import Arrays, feature_columns, resolve_features
+from covidreg.schema import Arrays
 from covidreg.stack import Stack, flatten, unflatten_into
-from tests.conftest import synthetic_rows, write_hw01_csv
+from tests.conftest import LAYOUT, synthetic_rows, write_hw01_csv
 
 CPU = torch.device("cpu")
-NAMES = resolve_features(["strong_states"])  # one-hot states: weights some batches never reach
+NAMES = LAYOUT.resolve_features(
+    ["strong_states"]
+)  # one-hot states: weights some batches never reach
 ROWS = synthetic_rows(4, 30, seed=0)
-X = ROWS[:, feature_columns(NAMES)].astype(np.float32)
+X = ROWS[:, LAYOUT.columns(NAMES)].astype(np.float32)
 Y = ROWS[:, -1].astype(np.float32)
 UNEVEN = (40, 29, 35)  # batches of 16: 3, 2 and 3 steps, short last batches of 8, 13, 3
 
@@ -71,7 +73,7 @@ def rows_of(j: int, n_train: int, n_valid: int = 24) -> tuple[Arrays, Arrays]:
 def make_members(cfg: Config, counts: tuple[int, ...] = (96,), first: int = 0) -> list[Member]:
     """Members ``first, first + 1, ...`` with these training row counts, seeded 10 + j."""
     return [
-        build_member(cfg, NAMES, *rows_of(j, n), seed=10 + j)
+        build_member(cfg, LAYOUT, NAMES, *rows_of(j, n), seed=10 + j)
         for j, n in enumerate(counts, start=first)
     ]
 

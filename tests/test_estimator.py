@@ -28,9 +28,8 @@ from covidreg import engine
 from covidreg.cli import app
 from covidreg.config import FIELDS, Config
 from covidreg.estimator import NOT_PARAMETERS, CovidRegressor
-from covidreg.schema import FEATURE_NAMES, PRESETS, STATES, TARGET
 from covidreg.splits import holdout_split
-from tests.conftest import train_args
+from tests.conftest import FEATURE_NAMES, PRESETS, STATES, TARGET, train_args, windows_order
 from tests.test_api import read_csv
 
 QUICK = {"epochs": 12, "batch_size": 16}
@@ -94,7 +93,7 @@ def test_fit_trains_one_member_through_the_engine(
 def test_a_given_validation_set_replaces_the_holdout(hw01_files: dict[str, Path]) -> None:
     x, y = hw01_xy(hw01_files["train"])
     states = x[list(STATES)].to_numpy().argmax(axis=1)
-    train_idx, valid_idx = holdout_split(states, "blocked", 0.2, 42, 2)
+    train_idx, valid_idx = holdout_split(windows_order(states), "blocked", 0.2, 42, 2)
     own = CovidRegressor(**QUICK).fit(x, y)
     given = CovidRegressor(**QUICK).fit(
         x.iloc[train_idx], y.iloc[train_idx], x.iloc[valid_idx], y.iloc[valid_idx]

@@ -1,7 +1,7 @@
 """covidreg fetch: downloads from a real HTTP server on 127.0.0.1, copies, checksums, errors.
 
 The served files are the synthetic HW01 CSVs of conftest, and their sha256 replaces the published
-one in ``fetch.HW01_FILES``, so the checksum check is active in every test without the real data.
+one in ``fetch.EDITION_FILES``, so the checksum check is active in every test without the real data.
 """
 
 from __future__ import annotations
@@ -78,10 +78,10 @@ def contents(hw01_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> di
     """The synthetic HW01 files, registered as the published ones (their sha256 is expected)."""
     data = {name: (hw01_files["dir"] / name).read_bytes() for name in NAMES}
     known = tuple(
-        replace(file, sha256=hashlib.sha256(data[file.name]).hexdigest())
-        for file in fetch.HW01_FILES
+        replace(file, sha256=(hashlib.sha256(data[file.name]).hexdigest(),))
+        for file in fetch.EDITION_FILES["2021"]
     )
-    monkeypatch.setattr(fetch, "HW01_FILES", known)
+    monkeypatch.setitem(fetch.EDITION_FILES, "2021", known)
     return data
 
 
@@ -335,7 +335,7 @@ def fake_gdown(monkeypatch: pytest.MonkeyPatch, bodies: dict[str, bytes], calls:
 def test_drive_downloads_each_file_by_its_id(
     monkeypatch: pytest.MonkeyPatch, contents: dict[str, bytes], tmp_path: Path
 ) -> None:
-    ids = {file.drive_id: file.name for file in fetch.HW01_FILES}
+    ids = {file.drive_id: file.name for file in fetch.EDITION_FILES["2021"]}
     calls: list[str] = []
     fake_gdown(monkeypatch, {i: contents[name] for i, name in ids.items()}, calls)
     seen: list[str] = []
@@ -351,7 +351,7 @@ def test_drive_downloads_each_file_by_its_id(
 def test_drive_copy_that_does_not_verify_is_refused(
     monkeypatch: pytest.MonkeyPatch, contents: dict[str, bytes], tmp_path: Path
 ) -> None:
-    bodies = {file.drive_id: corrupted(contents[file.name]) for file in fetch.HW01_FILES}
+    bodies = {file.drive_id: corrupted(contents[file.name]) for file in fetch.EDITION_FILES["2021"]}
     fake_gdown(monkeypatch, bodies, [])
     with pytest.raises(
         CovidRegError, match=r"covid\.train\.csv from Google Drive is not the published"

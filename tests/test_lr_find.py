@@ -183,7 +183,7 @@ def test_cv_lr_auto_finds_each_folds_rate_on_its_own_training_rows(
     from covidreg.crossval import fold_seed, make_folds
     from covidreg.experiment import load_data
     from covidreg.lr_find import find_rate
-    from covidreg.schema import feature_columns, select
+    from covidreg.schema import select
     from covidreg.splits import stopping_split
 
     out = tmp_path / "cv"
@@ -194,13 +194,14 @@ def test_cv_lr_auto_finds_each_folds_rate_on_its_own_training_rows(
     assert result.exit_code == 0, result.stderr
     cfg = files_config(hw01_files, lr="auto")
     data = load_data(cfg)
-    columns = feature_columns(data.feature_names)
+    columns = data.train.columns(data.feature_names)
     expected = []
     for k, (train_idx, _) in enumerate(make_folds(cfg, data, 3), start=1):
         # a fold's model fits its training rows but their blocked tail, and stops on that tail
-        fit_idx, stop_idx = stopping_split(data.train.states, train_idx, 0.2, 2)
+        fit_idx, stop_idx = stopping_split(data.train.order, train_idx, 0.2, 2)
         found = find_rate(
             cfg,
+            data.layout,
             data.feature_names,
             select(data.train, columns, fit_idx),
             select(data.train, columns, stop_idx),

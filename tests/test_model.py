@@ -28,6 +28,7 @@ from covidreg.model import (
     rmse,
     skip_index_for,
 )
+from tests.conftest import LAYOUT
 
 STRONG = [
     *(f"{n}_d{d}" for d in (1, 2, 3) for n in ("cli", "ili", "hh_cmnty_cli", "nohh_cmnty_cli")),
@@ -62,7 +63,7 @@ def linear_layers(model: nn.Module) -> list[nn.Linear]:
     ids=["64", "64,16"],
 )
 def test_layer_shapes(hidden: list[int], shapes: list[tuple[int, int]]) -> None:
-    model = build_model(config(hidden=hidden), STRONG)
+    model = build_model(config(hidden=hidden), LAYOUT, STRONG)
     assert [tuple(layer.weight.shape) for layer in linear_layers(model)] == shapes
     assert model.head is linear_layers(model)[-1]
     out = model(torch.randn(5, 14))
@@ -83,7 +84,7 @@ def test_layer_shapes(hidden: list[int], shapes: list[tuple[int, int]]) -> None:
     ],
 )
 def test_activation_by_name(name: str, module: type[nn.Module]) -> None:
-    model = build_model(config(activation=name, hidden=[8, 4]), STRONG)
+    model = build_model(config(activation=name, hidden=[8, 4]), LAYOUT, STRONG)
     body_types = [type(m) for m in model.body]
     assert body_types == [nn.Linear, module, nn.Linear, module]
     assert torch.isfinite(model(torch.randn(3, 14))).all()
@@ -101,7 +102,7 @@ def test_unknown_activation() -> None:
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_dropout_layers(dropout: float) -> None:
-    model = build_model(config(hidden=[8, 4], dropout=dropout), STRONG)
+    model = build_model(config(hidden=[8, 4], dropout=dropout), LAYOUT, STRONG)
     per_layer: list[type[nn.Module]] = [nn.Linear, nn.ReLU]
     if dropout:
         per_layer.append(nn.Dropout)
@@ -111,7 +112,7 @@ def test_dropout_layers(dropout: float) -> None:
 
 
 def test_there_are_no_batch_norm_layers() -> None:
-    model = build_model(config(hidden=[8, 4], batch_norm=False), STRONG)
+    model = build_model(config(hidden=[8, 4], batch_norm=False), LAYOUT, STRONG)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
     with pytest.raises(CovidRegError, match="'batch_norm' is not supported"):
         validate(config(batch_norm=True))
@@ -159,7 +160,7 @@ def test_forward_is_the_plain_sequential_computation_without_dropout(
         target=target,
         ridge_blend=ridge_blend,
     )
-    model = build_model(cfg, STRONG)
+    model = build_model(cfg, LAYOUT, STRONG)
     rng = np.random.default_rng(1)
     model.set_normalization(rng.normal(10, 3, 14), rng.uniform(0.5, 4, 14))
     if ridge_blend:
@@ -180,7 +181,9 @@ def test_forward_is_the_plain_sequential_computation_without_dropout(
 
 def test_a_model_copies_and_pickles() -> None:
     torch.manual_seed(2)
-    model = build_model(config(hidden=[16, 8], activation="leaky_relu", dropout=0.15), STRONG)
+    model = build_model(
+        config(hidden=[16, 8], activation="leaky_relu", dropout=0.15), LAYOUT, STRONG
+    )
     model.set_normalization(np.full(14, 3.0), np.full(14, 2.0))
     x = torch.randn(9, 14) * 4 + 10
     with torch.no_grad():
@@ -306,13 +309,13 @@ def test_default_init_keeps_pytorchs_weights() -> None:
     ("bias_init", "expected"), [("zeros", 0.0), ("constant", 0.2)], ids=["zeros", "constant"]
 )
 def test_bias_init_applies_to_every_layer(bias_init: str, expected: float) -> None:
-    model = build_model(config(bias_init=bias_init, bias_value=0.2, hidden=[8, 4]), STRONG)
+    model = build_model(config(bias_init=bias_init, bias_value=0.2, hidden=[8, 4]), LAYOUT, STRONG)
     for layer in linear_layers(model):
         assert torch.all(layer.bias == expected)
 
 
 def test_init_scheme_applies_to_every_linear_layer() -> None:
-    model = build_model(config(init="constant", init_value=0.125, hidden=[8, 4]), STRONG)
+    model = build_model(config(init="constant", init_value=0.125, hidden=[8, 4]), LAYOUT, STRONG)
     layers = linear_layers(model)
     assert len(layers) == 3
     for layer in layers:
@@ -359,7 +362,7 @@ def test_what_the_init_warning_says_is_what_training_does(
         patience=0,
     )
     data = load_data(cfg)
-    train_idx, valid_idx = holdout_split(data.train.states, "blocked", 0.2, 42, 2)
+    train_idx, valid_idx = holdout_split(data.train.order, "blocked", 0.2, 42, 2)
     fitted = fit_model(cfg, data, train_idx, valid_idx, cfg.seed)
     rows = fitted.model.linears()[0].weight.detach()
     assert bool((rows == rows[0]).all()) == identical
@@ -377,9 +380,9 @@ def test_unknown_init_scheme() -> None:
 def test_delta_target_adds_tested_positive_d2_to_the_mlp_output() -> None:
     names = ["cli_d1", "ili_d2", "tested_positive_d2", "tested_positive_d1"]
     torch.manual_seed(4)
-    level = build_model(config(target="level", hidden=[8]), names)
+    level = build_model(config(target="level", hidden=[8]), LAYOUT, names)
     torch.manual_seed(4)
-    delta = build_model(config(target="delta", hidden=[8]), names)
+    delta = build_model(config(target="delta", hidden=[8]), LAYOUT, names)
     assert (level.skip_index, delta.skip_index) == (None, 2)
     mean, std = np.array([1.0, 2.0, 30.0, 29.0]), np.array([0.5, 0.4, 7.0, 6.0])
     level.set_normalization(mean, std)
@@ -392,8 +395,8 @@ def test_delta_target_adds_tested_positive_d2_to_the_mlp_output() -> None:
 
 def test_delta_target_needs_tested_positive_d2() -> None:
     with pytest.raises(CovidRegError, match="tested_positive_d2"):
-        build_model(config(target="delta"), ["cli_d1", "tested_positive_d1"])
-    assert skip_index_for(config(target="level"), ["cli_d1"]) is None
+        build_model(config(target="delta"), LAYOUT, ["cli_d1", "tested_positive_d1"])
+    assert skip_index_for(config(target="level"), LAYOUT, ["cli_d1"]) is None
 
 
 # --- normalisation buffers -----------------------------------------------------------------------
@@ -401,7 +404,7 @@ def test_delta_target_needs_tested_positive_d2() -> None:
 
 def test_normalization_is_applied_in_forward_and_saved() -> None:
     torch.manual_seed(5)
-    model = build_model(config(hidden=[8], target="level", ridge_blend=0.0), STRONG)
+    model = build_model(config(hidden=[8], target="level", ridge_blend=0.0), LAYOUT, STRONG)
     rng = np.random.default_rng(0)
     mean, std = rng.normal(10, 3, 14), rng.uniform(0.5, 4, 14)
     x = torch.randn(7, 14) * 4 + 10
@@ -416,7 +419,7 @@ def test_normalization_is_applied_in_forward_and_saved() -> None:
     state = model.state_dict()
     torch.testing.assert_close(state["input_mean"], torch.tensor(mean, dtype=torch.float32))
     torch.testing.assert_close(state["input_std"], torch.tensor(std, dtype=torch.float32))
-    rebuilt = build_model(config(hidden=[8], target="level", ridge_blend=0.0), STRONG)
+    rebuilt = build_model(config(hidden=[8], target="level", ridge_blend=0.0), LAYOUT, STRONG)
     rebuilt.load_state_dict(state)
     assert torch.equal(rebuilt(x), model(x))
     assert "input_mean" not in dict(model.named_parameters())

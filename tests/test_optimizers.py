@@ -32,6 +32,7 @@ from covidreg.optimizers import (
     build_scheduler,
 )
 from covidreg.stack import flatten, parameter_groups
+from tests.conftest import LAYOUT
 
 NAMES = ["cli_d1", "ili_d1", "cli_d2", "ili_d2", "tested_positive_d1", "tested_positive_d2"]
 N_MODELS = 3
@@ -100,7 +101,7 @@ def stack_layout(cfg: Config) -> Layout:
     models = []
     for seed in range(N_MODELS):
         torch.manual_seed(seed)
-        models.append(build_model(cfg, NAMES))
+        models.append(build_model(cfg, LAYOUT, NAMES))
     flat = torch.stack([flatten(m) for m in models])
     grad = torch.zeros_like(flat)
     _, groups = parameter_groups(cfg, len(models[0].linears()))

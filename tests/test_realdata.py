@@ -182,7 +182,7 @@ def test_flushing_subnormals_changes_no_result_on_the_real_data(real_data_dir: P
     from covidreg.config import resolve_config
     from covidreg.engine import Engine, build_member
     from covidreg.experiment import load_data
-    from covidreg.schema import feature_columns, select
+    from covidreg.schema import select
     from covidreg.splits import holdout_split
 
     overrides = {
@@ -198,9 +198,11 @@ def test_flushing_subnormals_changes_no_result_on_the_real_data(real_data_dir: P
         train_idx, valid_idx = holdout_split(
             data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
         )
-        columns = feature_columns(data.feature_names)
+        columns = data.train.columns(data.feature_names)
         train, valid = (select(data.train, columns, idx) for idx in (train_idx, valid_idx))
-        engine = Engine(cfg, [build_member(cfg, data.feature_names, train, valid, cfg.seed)])
+        engine = Engine(
+            cfg, [build_member(cfg, data.layout, data.feature_names, train, valid, cfg.seed)]
+        )
         (fitted,) = engine.fit()
         fits[flush] = (engine, fitted)
 

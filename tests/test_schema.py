@@ -15,19 +15,19 @@ from hypothesis import strategies as st
 
 from covidreg import schema as schema_module
 from covidreg.errors import CovidRegError
-from covidreg.schema import (
+from covidreg.schema import fit_standardization, read_hw01_csv, select
+from tests.conftest import (
     DAILY,
     FEATURE_NAMES,
+    LAYOUT,
     PRESETS,
     STATES,
     TRAIN_HEADER,
-    feature_columns,
-    fit_standardization,
-    read_hw01_csv,
-    resolve_features,
-    select,
+    synthetic_rows,
 )
-from tests.conftest import synthetic_rows
+
+resolve_features = LAYOUT.resolve_features
+feature_columns = LAYOUT.columns
 
 Cells = list[list[str]]
 
@@ -193,25 +193,26 @@ BAD_FILES = [
     pytest.param(
         edited(drop_column(45)),
         None,
-        [r"column 46 is 'travel_outside_state', expected 'wearing_mask'"],
+        # day 1 lacks a column: day 2, which repeats day 1's names, breaks the shape
+        [r"column 63 is 'wearing_mask', expected 'travel_outside_state'"],
         id="missing-column",
     ),
     pytest.param(
         edited(keep_columns(60)),
         None,
-        [r"has 60 columns", r"first missing column is 'ili' \(column 61\)"],
+        [r"the header stops at column 60: day 2 lacks 'ili'"],
         id="truncated-columns",
     ),
     pytest.param(
         edited(append_column("extra", "0")),
         None,
-        [r"has 96 columns", r"extra column 96 is 'extra'"],
+        [r"column 96 is 'extra', expected 'cli'"],
         id="extra-column",
     ),
     pytest.param(
-        edited(set_cell(1, 1, "Alabama")),
+        edited(set_cell(1, 41, "cli_d1")),
         None,
-        [r"column 2 is 'Alabama', expected 'AL'"],
+        [r"column 60 is 'cli', which the first day's columns lack"],
         id="renamed-column",
     ),
     pytest.param(
@@ -383,10 +384,10 @@ def test_nonexistent_file_hints_at_fetch_for_the_hw01_names(tmp_path: Path) -> N
     with pytest.raises(CovidRegError, match="does not exist; check the path") as info:
         read_hw01_csv(other)
     assert str(other) in str(info.value)
-    for name in ("covid.train.csv", "covid.test.csv"):
-        with pytest.raises(CovidRegError, match="does not exist; get the HW01 files") as info:
+    for name in ("covid.train.csv", "covid.test.csv", "covid_train.csv", "covid_test.csv"):
+        with pytest.raises(CovidRegError, match="does not exist; pass the files with") as info:
             read_hw01_csv(tmp_path / "data" / name)
-        assert "'covidreg fetch'" in str(info.value) and "--from DIR" in str(info.value)
+        assert "'covidreg fetch [--edition" in str(info.value) and "--from DIR" in str(info.value)
 
 
 # --- property: the loader fails only with CovidRegError ------------------------------------------
@@ -566,7 +567,7 @@ def test_standardization_uses_only_the_given_rows(hw01_files: dict[str, Path]) -
     columns = feature_columns(names)
     train_rows = np.flatnonzero(table.states < 2)  # states 0 and 1 only
     x_train = select(table, columns, train_rows).x
-    mean, std = fit_standardization(x_train, names)
+    mean, std = fit_standardization(x_train, names, LAYOUT)
     continuous = np.array([name not in STATES for name in names])
     expected = x_train.astype(np.float64)
     np.testing.assert_allclose(mean[continuous], expected.mean(axis=0)[continuous], rtol=1e-12)
@@ -585,7 +586,7 @@ def test_standardization_uses_only_the_given_rows(hw01_files: dict[str, Path]) -
 def test_constant_column_gets_std_one(value: float, dtype: type) -> None:
     rng = np.random.default_rng(0)
     x = np.stack([np.full(2700, value), rng.normal(3, 2, 2700)], axis=1).astype(dtype)
-    mean, std = fit_standardization(x, ["cli_d1", "ili_d1"])
+    mean, std = fit_standardization(x, ["cli_d1", "ili_d1"], LAYOUT)
     assert std[0] == 1.0
     np.testing.assert_allclose(mean[0], np.float64(dtype(value)), rtol=1e-12)
     np.testing.assert_allclose(std[1], x[:, 1].astype(np.float64).std(), rtol=1e-12)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from covidreg.dayorder import DayOrder
 from covidreg.errors import CovidRegError
 from covidreg.splits import (
     BlockedKFold,
@@ -16,23 +17,24 @@ from covidreg.splits import (
     RandomKFold,
     holdout_split,
     make_kfold,
-    within_state_position,
 )
+from tests.conftest import windows_order
 
 
-def overlap_days(states: np.ndarray, a: np.ndarray, b: np.ndarray) -> set[tuple[int, int]]:
-    """(state, day) pairs covered by both row sets; the row at position p covers days p..p+2."""
-    position = within_state_position(states)
+def overlap_days(order: DayOrder, a: np.ndarray, b: np.ndarray) -> set[tuple[int, int]]:
+    """(stretch, day) pairs covered by both row sets; the row at position p covers days
+    p..p+D-1."""
+    states, position = order.stretch, order.position
 
     def days(rows: np.ndarray) -> set[tuple[int, int]]:
-        return {(int(states[r]), int(position[r]) + d) for r in rows for d in range(3)}
+        return {(int(states[r]), int(position[r]) + d) for r in rows for d in range(order.n_days)}
 
     return days(a) & days(b)
 
 
-def grouped_states(counts: list[int]) -> np.ndarray:
-    """A state vector as in the HW01 files: each state's windows together, in day order."""
-    return np.repeat(np.arange(len(counts)), counts)
+def grouped_states(counts: list[int], n_days: int = 3) -> DayOrder:
+    """Windows as in the 2021 files: each state's together, in day order."""
+    return windows_order(np.repeat(np.arange(len(counts)), counts), n_days)
 
 
 # --- k-fold splitters ----------------------------------------------------------------------------
@@ -68,7 +70,7 @@ def test_kfold_partitions_rows(make: Callable[[int], BlockedKFold], n_splits: in
 @pytest.mark.parametrize("n_splits", [2, 3, 5, 7])
 def test_blocked_kfold_shares_no_day_between_train_and_valid(n_splits: int) -> None:
     folds = list(BlockedKFold(n_splits, purge=2).split(UNEVEN))
-    position = within_state_position(UNEVEN)
+    position = UNEVEN.position
     for train, valid in folds:
         assert overlap_days(UNEVEN, train, valid) == set()
         # nothing more is dropped than needed: each purged row does share a day with valid
@@ -76,7 +78,7 @@ def test_blocked_kfold_shares_no_day_between_train_and_valid(n_splits: int) -> N
         for row in purged:
             assert overlap_days(UNEVEN, np.array([row]), valid)
         for state in range(4):
-            held = np.sort(position[valid][UNEVEN[valid] == state])
+            held = np.sort(position[valid][UNEVEN.stretch[valid] == state])
             assert len(held) > 0
             np.testing.assert_array_equal(held, np.arange(held[0], held[0] + len(held)))
 
@@ -84,7 +86,7 @@ def test_blocked_kfold_shares_no_day_between_train_and_valid(n_splits: int) -> N
 def test_blocked_kfold_block_sizes_follow_array_split() -> None:
     folds = list(BlockedKFold(5, purge=2).split(UNEVEN))
     for state, count in enumerate([17, 23, 30, 12]):
-        sizes = [int(np.sum(UNEVEN[valid] == state)) for _, valid in folds]
+        sizes = [int(np.sum(UNEVEN.stretch[valid] == state)) for _, valid in folds]
         assert sizes == [len(part) for part in np.array_split(np.arange(count), 5)]
 
 
@@ -138,9 +140,12 @@ def test_kfold_more_folds_than_rows(make: Callable[[int], BlockedKFold]) -> None
         list(make(7).split(states))
 
 
-def test_blocked_kfold_needs_enough_rows_per_state() -> None:
-    with pytest.raises(CovidRegError, match="a state has 12; use fewer folds"):
-        list(BlockedKFold(13, purge=0).split(UNEVEN))
+def test_blocked_kfold_needs_a_stretch_as_long_as_the_folds() -> None:
+    with pytest.raises(CovidRegError, match="the longest has 30; use fewer folds"):
+        list(BlockedKFold(31, purge=0).split(UNEVEN))
+    # a stretch shorter than the folds validates in fewer of them: rows of 13 folds, not 12
+    folds = list(BlockedKFold(13, purge=0).split(UNEVEN))
+    assert_partition(folds, len(UNEVEN))
 
 
 def test_blocked_kfold_fold_without_training_rows() -> None:
@@ -149,7 +154,7 @@ def test_blocked_kfold_fold_without_training_rows() -> None:
 
 
 def test_blocked_kfold_negative_purge() -> None:
-    with pytest.raises(CovidRegError, match="purge must be >= 0, got -1"):
+    with pytest.raises(CovidRegError, match="purge must be auto or an integer >= 0, got -1"):
         BlockedKFold(3, purge=-1)
 
 
@@ -168,11 +173,11 @@ def test_make_kfold_by_name() -> None:
 
 def test_blocked_holdout_keeps_the_last_days_of_each_state() -> None:
     train, valid = holdout_split(UNEVEN, "blocked", valid_ratio=0.2, purge=2)
-    position = within_state_position(UNEVEN)
+    position = UNEVEN.position
     for state, count in enumerate([17, 23, 30, 12]):
         n_valid = round(count * 0.2)
-        held = position[valid][UNEVEN[valid] == state]
-        kept = position[train][UNEVEN[train] == state]
+        held = position[valid][UNEVEN.stretch[valid] == state]
+        kept = position[train][UNEVEN.stretch[train] == state]
         np.testing.assert_array_equal(np.sort(held), np.arange(count - n_valid, count))
         np.testing.assert_array_equal(np.sort(kept), np.arange(count - n_valid - 2))
     assert overlap_days(UNEVEN, train, valid) == set()
@@ -216,7 +221,7 @@ def test_holdout_unknown_method_and_too_few_rows() -> None:
     with pytest.raises(CovidRegError, match="unknown split 'kfold'"):
         holdout_split(UNEVEN, "kfold", valid_ratio=0.2)
     with pytest.raises(CovidRegError, match="leaves 0 training and 1 validation rows"):
-        holdout_split(np.array([0]), "random", valid_ratio=0.5)
+        holdout_split(windows_order(np.array([0])), "random", valid_ratio=0.5)
     with pytest.raises(CovidRegError, match="leaves 0 training"):
         holdout_split(grouped_states([3, 3]), "blocked", valid_ratio=0.3, purge=2)
 
@@ -226,8 +231,8 @@ def test_holdout_unknown_method_and_too_few_rows() -> None:
 STATE_VECTORS = st.lists(st.integers(0, 5), max_size=40).map(lambda s: np.array(s, dtype=np.int64))
 
 
-def split_once(method: str, states: np.ndarray, n_splits: int, purge: int) -> Iterator:
-    return make_kfold(method, n_splits, seed=0, purge=purge).split(states)
+def split_once(method: str, order: DayOrder, n_splits: int, purge: int) -> Iterator:
+    return make_kfold(method, n_splits, seed=0, purge=purge).split(order)
 
 
 @settings(max_examples=150, deadline=None, database=None)
@@ -243,15 +248,16 @@ def test_kfold_property(
 ) -> None:
     if grouped:
         states = np.sort(states)
+    order = windows_order(states)
     try:
-        folds = list(split_once(method, states, n_splits, purge))
+        folds = list(split_once(method, order, n_splits, purge))
     except CovidRegError:
         return
     assert len(folds) == n_splits
     assert_partition(folds, len(states))
     if method == "blocked" and purge >= 2:
         for train, valid in folds:
-            assert overlap_days(states, train, valid) == set()
+            assert overlap_days(order, train, valid) == set()
     if method != "blocked":
         for train, valid in folds:
             assert len(train) + len(valid) == len(states)
@@ -268,28 +274,35 @@ def test_kfold_property(
 def test_holdout_property(
     states: np.ndarray, method: str, valid_ratio: float, purge: int, seed: int
 ) -> None:
+    order = windows_order(states)
     try:
-        train, valid = holdout_split(states, method, valid_ratio, seed=seed, purge=purge)
+        train, valid = holdout_split(order, method, valid_ratio, seed=seed, purge=purge)
     except CovidRegError:
         return
     assert 0 < valid_ratio < 1
     assert len(train) > 0 and len(valid) > 0
     assert len(np.intersect1d(train, valid)) == 0
-    assert np.all(np.diff(train) > 0) and np.all(np.diff(valid) > 0)
+    if method == "blocked":  # each in day order: by stretch, then position
+        for rows in (train, valid):
+            key = order.stretch[rows] * (len(states) + 1) + order.position[rows]
+            assert np.all(np.diff(key) > 0)
+    else:
+        assert np.all(np.diff(train) > 0) and np.all(np.diff(valid) > 0)
     assert train.max() < len(states) and valid.max() < len(states)
     if method == "blocked" and purge >= 2:
-        assert overlap_days(states, train, valid) == set()
+        assert overlap_days(order, train, valid) == set()
 
 
 def test_the_stopping_split_is_the_blocked_tail_of_the_training_rows() -> None:
     from covidreg.splits import stopping_split
 
     states = np.repeat(np.arange(3), 20)
-    train_idx, valid_idx = holdout_split(states, "blocked", 0.25, purge=2)
-    fit_idx, stop_idx = stopping_split(states, train_idx, 0.25, 2)
+    order = windows_order(states)
+    train_idx, valid_idx = holdout_split(order, "blocked", 0.25, purge=2)
+    fit_idx, stop_idx = stopping_split(order, train_idx, 0.25, 2)
     assert not set(fit_idx) & set(stop_idx) and not (set(fit_idx) | set(stop_idx)) & set(valid_idx)
     assert set(fit_idx) | set(stop_idx) <= set(train_idx)
-    position = within_state_position(states)
+    position = order.position
     for state in range(3):
         fit = position[fit_idx[states[fit_idx] == state]]
         stop = position[stop_idx[states[stop_idx] == state]]

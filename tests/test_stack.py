@@ -12,6 +12,7 @@ import torch
 from covidreg.config import Config
 from covidreg.model import ACTIVATIONS, build_model, stack_forward
 from covidreg.stack import EpochPlan, Stack, flatten, parameter_groups, unflatten_into
+from tests.conftest import LAYOUT
 from tests.test_engine import CPU, NAMES, UNEVEN, config, make_members
 
 
@@ -56,7 +57,7 @@ def test_the_optimizer_sees_each_row_or_its_body_and_head(output_lr: float) -> N
 def test_flatten_and_unflatten_round_trip() -> None:
     cfg = config(hidden=[8, 4])
     torch.manual_seed(0)
-    source, target = build_model(cfg, NAMES), build_model(cfg, NAMES)
+    source, target = build_model(cfg, LAYOUT, NAMES), build_model(cfg, LAYOUT, NAMES)
     row = flatten(source)
     assert row.shape == (sum(p.numel() for p in source.parameters()),)
     assert not torch.equal(row, flatten(target))

@@ -27,7 +27,6 @@ from covidreg.crossval import FoldEvents, cross_validate, fold_seed, make_folds
 from covidreg.engine import EpochRecord, FittedModel, Member, stack_groups
 from covidreg.errors import CovidRegError
 from covidreg.experiment import LoadedData, load_data, preflight
-from covidreg.schema import resolve_features
 from covidreg.splits import holdout_split
 from covidreg.tune.space import SearchSpace, SpaceMismatch, suggest_config
 from covidreg.tune.storage import (
@@ -51,7 +50,7 @@ def fold_splits(
     """(train rows, valid rows, seed) per fold: cv's folds and seeds, or train's holdout."""
     if n_folds == 1:
         train_idx, valid_idx = holdout_split(
-            data.train.states, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
+            data.train.order, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
         )
         preflight(cfg, data, len(train_idx))
         return [(train_idx, valid_idx, cfg.seed)]
@@ -61,7 +60,7 @@ def fold_splits(
 
 def with_features(data: LoadedData, cfg: Config) -> LoadedData:
     """The loaded tables with ``cfg``'s features: a study reads the CSV once for all trials."""
-    return replace(data, feature_names=resolve_features(cfg.features))
+    return replace(data, feature_names=data.layout.resolve_features(cfg.features))
 
 
 def evaluate(
