@@ -37,6 +37,7 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_LOOP = Path(__file__).resolve().parent / "sample_loop.py"
 DATA_ENV = "COVIDREG_DATA_DIR"
+DATA_2022_ENV = "COVIDREG_DATA_DIR_2022"
 SAMPLE_CONFIG = Path("configs") / "sample.toml"  # relative to the checkout that runs it
 CHILD_TIMEOUT_S = 900  # a hung child must not hang the bench
 DEFAULT_REFERENCE = "28b92f9"
@@ -560,6 +561,7 @@ class Measurements:
     current: Side
     reference: Side
     tune_trials: int
+    train_2022: Result  # current's default train on the 2022 files (a string when not run)
 
     def sample_at(self, epochs: int) -> tuple[int | None, Result]:
         """The sample loop's fastest thread setting at ``epochs``: the baseline must not be slow
@@ -597,7 +599,11 @@ def fixed_runner(checkout: Checkout, args: list[str], data: DataFiles) -> Runner
 
 
 def measure_all(
-    args: argparse.Namespace, data: DataFiles, current: Checkout, ref: Reference
+    args: argparse.Namespace,
+    data: DataFiles,
+    current: Checkout,
+    ref: Reference,
+    data_2022: DataFiles | None = None,
 ) -> Measurements:
     """Round by round, every program once per setting, so a burst of outside load hits all
     alike. The order of the epoch counts, and of current and reference, alternates from round
@@ -632,6 +638,13 @@ def measure_all(
             ("tune", commands.tune()),
         )
     }
+    if data_2022 is not None:  # the same command on the other edition's files, in each round
+        fixed["train_2022"] = [
+            Series(
+                "current: covidreg train (2022 files)",
+                fixed_runner(current, commands.train(), data_2022),
+            )
+        ]
     for round_ in range(args.repeats):
         progress = f"[round {round_ + 1}/{args.repeats}]"
         forward = round_ % 2 == 0
@@ -665,6 +678,9 @@ def measure_all(
         current=side(0),
         reference=side(1),
         tune_trials=args.tune_trials,
+        train_2022=(
+            fixed["train_2022"][0].timing() if data_2022 is not None else "n/a (no 2022 files)"
+        ),
     )
 
 
@@ -842,6 +858,13 @@ def headline_rows(m: Measurements) -> list[Row]:
             "<= 0.5x",
         ),
         wall_row("`cv --folds 5` (default config), wall s", cur.cv, ref.cv, 1.0, "<= 1x"),
+        wall_row(
+            "`train` (default config) on the 2022 files vs the 2021 files, current, wall s",
+            m.train_2022,
+            cur.train,
+            1.3,
+            "<= 1.3x",
+        ),
         (
             "`cv --folds 5` / `train` wall (each checkout's own)",
             cv_cur,
@@ -1038,6 +1061,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "else data/ in the repository).",
     )
     parser.add_argument(
+        "--data-dir-2022",
+        type=Path,
+        default=Path(os.environ.get(DATA_2022_ENV) or REPO_ROOT / "data" / "2022"),
+        help=f"Folder with the 2022 covid.train.csv and covid.test.csv, for the row comparing "
+        f"train on both editions (default: ${DATA_2022_ENV}, else data/2022); skipped when "
+        "absent.",
+    )
+    parser.add_argument(
         "--reference",
         default=DEFAULT_REFERENCE,
         metavar="COMMIT",
@@ -1109,6 +1140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = DataFiles(
         args.data_dir.resolve() / "covid.train.csv", args.data_dir.resolve() / "covid.test.csv"
     )
+    folder_2022 = args.data_dir_2022.resolve()
+    data_2022 = DataFiles(folder_2022 / "covid.train.csv", folder_2022 / "covid.test.csv")
+    if not data_2022.train_csv.is_file():
+        data_2022 = None
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
     current = Checkout("current", REPO_ROOT)
@@ -1120,7 +1155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not own and isinstance(current_from, Path):
                 current_from = f"{current_from}, **not this repository**"
             before = CpuClock.now()
-            measurements = measure_all(args, data, current, ref)
+            measurements = measure_all(args, data, current, ref, data_2022)
             after = CpuClock.now()
     except KeyboardInterrupt:
         print("\nbench: interrupted", file=sys.stderr)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from covidreg.algorithms import OPTIMIZER_NAMES
 from covidreg.datadir import AUTO, DATA_DIR_ENV, EDITION_NAMES
 from covidreg.errors import CovidRegError
-from covidreg.optimizers import OPTIMIZER_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -21,7 +21,6 @@ machine's cores (``stack_groups``).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -182,20 +181,17 @@ def build_member(
     valid: Arrays,
     seed: int,
     scored: Arrays | None = None,
+    lr_finder: dict[str, Any] | None = None,
 ) -> Member:
     """Seed, build the model and fit its normalisation on the training rows only.
 
-    In this order, always: the same seed gives the same initial weights in any stack. With
-    ``lr = "auto"`` the range test runs on these training rows first (it puts the random state
-    back), so the member is the one its found rate as a number would give.
+    In this order, always: the same seed gives the same initial weights in any stack.
+    ``cfg.lr`` is a number: ``lr = "auto"`` is resolved first by the range test
+    (``lr_range.member_at_rate``, which passes how it found the rate as ``lr_finder``).
     """
     check_batch_size(cfg, len(train))
-    lr_finder = None
     if cfg.lr == AUTO_LR:
-        from covidreg.lr_find import find_rate
-
-        lr_finder = find_rate(cfg, layout, feature_names, train, valid, seed)
-        cfg = dataclasses.replace(cfg, lr=lr_finder["lr"])
+        raise CovidRegError("lr = auto reaches the engine unresolved; use lr_range.member_at_rate")
     set_threads(cfg.threads)
     seed_everything(seed, cfg.deterministic)
     model = build_model(cfg, layout, feature_names)

@@ -160,6 +160,7 @@ class CovidRegressor(RegressorMixin, BaseEstimator):
     def fit(self, X: Any, y: Any, X_valid: Any = None, y_valid: Any = None) -> CovidRegressor:
         """Train on ``X, y``; early-stop on their holdout, or on ``X_valid, y_valid``."""
         from covidreg import engine
+        from covidreg.lr_range import member_at_rate
 
         try:
             cfg = config_from(None, self.get_params(), "CovidRegressor parameters")
@@ -168,7 +169,7 @@ class CovidRegressor(RegressorMixin, BaseEstimator):
             train, valid = self._split(cfg, x, target, columns, X_valid, y_valid)
             cfg = self._batch_size(cfg, len(train))
             layout = self.layout_ or _MATRIX_LAYOUT
-            member = engine.build_member(cfg, layout, self.feature_names_, train, valid, cfg.seed)
+            member = member_at_rate(cfg, layout, self.feature_names_, train, valid, cfg.seed)
             (fitted,) = engine.fit_members(cfg, [member])
         except EstimatorError:
             raise

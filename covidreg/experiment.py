@@ -23,7 +23,6 @@ from covidreg.engine import (
     FitResult,
     FittedModel,
     Member,
-    build_member,
     check_batch_size,
     fit_members,
     history_records,
@@ -31,6 +30,7 @@ from covidreg.engine import (
 )
 from covidreg.errors import CovidRegError
 from covidreg.layout import Layout
+from covidreg.lr_range import member_at_rate
 from covidreg.model import count_parameters, skip_index_for
 from covidreg.reproducibility import resolve_device
 from covidreg.schema import Arrays, HW01Table, check_same_layout, read_hw01_csv, select
@@ -117,7 +117,7 @@ def member_for(
 
     if stop_rows(cfg, fold) == "train_tail":
         fit_idx, stop_idx = stopping_split(data.train.order, train_idx, cfg.valid_ratio, cfg.purge)
-        return build_member(
+        return member_at_rate(
             cfg,
             data.layout,
             data.feature_names,
@@ -126,7 +126,7 @@ def member_for(
             seed,
             rows(valid_idx),
         )
-    return build_member(
+    return member_at_rate(
         cfg, data.layout, data.feature_names, rows(train_idx), rows(valid_idx), seed
     )
 

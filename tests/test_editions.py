@@ -20,6 +20,7 @@ from covidreg.layout import EDITIONS
 from covidreg.schema import read_hw01_csv
 from covidreg.splits import make_kfold
 from tests.conftest import synthetic_rows, write_hw01_csv
+from tests.test_realdata import data_card_sums
 
 runner = CliRunner()
 SUMS_2022 = {
@@ -211,6 +212,7 @@ def test_fetch_an_edition_from_a_folder_accepts_each_published_copy(
 def test_the_real_2022_files_verify_and_fetch_from_their_folder(
     real_2022_dir: Path, tmp_path: Path
 ) -> None:
+    assert data_card_sums("2022") == SUMS_2022
     for name, digest in SUMS_2022.items():
         assert hashlib.sha256((real_2022_dir / name).read_bytes()).hexdigest() == digest
     out = invoke("fetch", "--edition", "2022", "--from", str(real_2022_dir), "--dest",

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from covidreg.cli import app
 from covidreg.config import resolve_config
-from covidreg.lr_find import holdout_range_test, smooth, suggest, valley
+from covidreg.lr_find import holdout_range_test
+from covidreg.lr_range import smooth, suggest, valley
 from tests.conftest import files_config, train_args
 
 runner = CliRunner()
@@ -182,7 +183,7 @@ def test_cv_lr_auto_finds_each_folds_rate_on_its_own_training_rows(
 ) -> None:
     from covidreg.crossval import fold_seed, make_folds
     from covidreg.experiment import load_data
-    from covidreg.lr_find import find_rate
+    from covidreg.lr_range import find_rate
     from covidreg.schema import select
     from covidreg.splits import stopping_split
 

@@ -21,14 +21,14 @@ import pytest
 import torch
 
 import covidreg
+from covidreg.algorithms import ALGORITHMS, OPTIMIZER_NAMES
 from covidreg.config import CHOICES, FIELDS, Config
 from covidreg.errors import CovidRegError
 from covidreg.model import build_model
 from covidreg.optimizers import (
-    ALGORITHMS,
-    OPTIMIZER_NAMES,
     LearningRates,
     StackOptimizer,
+    algorithm_options,
     build_scheduler,
 )
 from covidreg.stack import flatten, parameter_groups
@@ -208,7 +208,7 @@ def test_adding_an_optimizer_is_one_entry() -> None:
         module = importlib.import_module(f"torch.optim.{algorithm.name.lower()}")
         assert algorithm.function() is getattr(module, algorithm.name.lower())
         accepted = inspect.signature(algorithm.function()).parameters
-        options = algorithm.options(config(optimizer=name), algorithm.defaults())
+        options = algorithm_options(algorithm, config(optimizer=name), algorithm.defaults())
         assert set(options) <= set(accepted), name
         assert "lr" in accepted
         # the state lists, in the functional form's positional order after params and grads

@@ -6,7 +6,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import optuna
@@ -23,9 +23,6 @@ from covidreg.tune.storage import (
     storage_label,
     study_run_dir,
 )
-
-if TYPE_CHECKING:
-    from covidreg.tune.study import TunePlan
 
 TOP_TRIALS = 10
 
@@ -98,11 +95,14 @@ def show_study(
     storage: str | None = None,
     out: str | Path | None = None,
     runs_dir: str | Path = "runs",
-    plan: TunePlan | None = None,
+    run_dir: Path | None = None,
+    target: int | None = None,
 ) -> TuneResult:
-    """``covidreg tune --show``: read a study and (re)write best.toml, trials.csv, history.png."""
+    """``covidreg tune --show``: read a study and (re)write best.toml, trials.csv, history.png.
+
+    ``run_dir`` and ``target``: a study just run (its run directory and number of trials)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_dir = plan.run_dir if plan is not None else study_run_dir(study_name, out, runs_dir)
+    run_dir = run_dir if run_dir is not None else study_run_dir(study_name, out, runs_dir)
     storage = storage or str(run_dir / JOURNAL_FILE)
     study = _load_existing(study_name, storage)
     trials = study.get_trials(deepcopy=False)
@@ -129,7 +129,7 @@ def show_study(
         best_toml=best_toml,
         plot=plot,
         trials_csv=trials_csv,
-        target=None if plan is None else plan.job.target,
+        target=target,
     )
 
 

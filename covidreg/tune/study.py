@@ -260,4 +260,4 @@ def run_tune(
     except KeyboardInterrupt:
         study = optuna.load_study(study_name=job.study_name, storage=open_storage(job.storage))
         raise TuneInterrupted(plan, study_progress(study, job.target)) from None
-    return show_study(job.study_name, job.storage, plan=plan)
+    return show_study(job.study_name, job.storage, run_dir=plan.run_dir, target=job.target)
