@@ -24,8 +24,8 @@ from covidreg.errors import CovidRegError
 
 app = typer.Typer(
     name="covidreg",
-    help="Train, validate and tune regressors on the ML2021 Spring HW1 COVID-19 data, "
-    "reproducibly and fast.",
+    help="Train, validate and tune regressors on the NTU ML HW1 COVID-19 data (2021, 2022, "
+    "2023 and files of the same shape), reproducibly and fast.",
     no_args_is_help=True,
     add_completion=True,
     rich_markup_mode="rich",
@@ -161,7 +161,7 @@ def main_callback(
         ),
     ] = False,
 ) -> None:
-    """Train, validate and tune regressors on the ML2021 Spring HW1 COVID-19 data."""
+    """Train, validate and tune regressors on the NTU ML HW1 COVID-19 data, every edition."""
 
 
 @app.command()

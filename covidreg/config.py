@@ -112,8 +112,9 @@ class Config:
     )
     target: str = _opt(
         "delta",
-        "What the network predicts: level (tested_positive of day 3) or delta "
-        "(its change from tested_positive_d2, added back by a skip connection).",
+        "What the network predicts: level (tested_positive of the window's last day) or delta "
+        "(its change from the last known day's tested_positive, tested_positive_d2 in 3-day "
+        "windows, added back by a skip connection).",
         "data",
     )
     # --- model ---

@@ -316,7 +316,7 @@ def run_cv(
         with artifacts.Plots() as plots:  # matplotlib loads beside the training
             start = time.perf_counter()
             cross_validate(cfg, data, folds, FoldEvents(on_fold_start, on_epoch, on_fold_fitted))
-            summary = summarize(cfg, n_folds, results)
+            summary = {**summarize(cfg, n_folds, results), "data": data.record()}
             summary["seconds"] = round(time.perf_counter() - start, 3)  # the folds' wall time
             pred_path = _write_cv_outputs(
                 run_dir, cfg, data, results, models, summary, write_predictions, plots
@@ -356,7 +356,6 @@ def _write_cv_outputs(
     artifacts.write_csv(run_dir / "cv.csv", list(FOLD_COLUMNS), [f.row() for f in folds])
     summary = {
         **summary,
-        "data": data.record(),
         "environment": artifacts.environment_info(
             str(resolve_device(cfg.device)), cfg.seed, cfg.deterministic
         ),

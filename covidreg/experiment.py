@@ -56,6 +56,7 @@ class LoadedData:
             "train_csv": self.train.path,
             "test_csv": "" if self.test is None else self.test.path,
             "layout": self.layout.describe(),
+            "days": self.layout.n_days,
         }
 
 

@@ -163,9 +163,11 @@ def train_summary(result: Any, quiet: bool) -> None:
         warn(result.message)
     if not quiet:
         table = Table(title="covidreg train", show_header=False, title_justify="left")
+        days = m["data"]["days"]
         table.add_column("", style="bold")
         table.add_column("")
         rows = [
+            ("data", m["data"]["layout"]),
             ("split", f"{m['split']} ({m['train_rows']} train / {m['valid_rows']} valid rows)"),
             ("features / parameters", f"{m['n_features']} / {m['n_parameters']}"),
             ("epochs run", f"{m['epochs_run']} ({m['stop_reason'].replace('_', ' ')})"),
@@ -183,7 +185,10 @@ def train_summary(result: Any, quiet: bool) -> None:
             ("valid MSE", f"{m['valid_mse']:.5f}"),
             ("valid RMSE", f"{m['valid_rmse']:.5f}" + blend_note(blend)),
             *([("network alone RMSE", f"{m['network_valid_rmse']:.5f}")] if blend else []),
-            ("persistence RMSE", f"{m['persistence_valid_rmse']:.5f} (day 3 = day 2)"),
+            (
+                "persistence RMSE",
+                f"{m['persistence_valid_rmse']:.5f} (day {days} = day {days - 1})",
+            ),
             ("seconds", f"{m['seconds']:.2f}"),
             ("outputs", str(result.run_dir)),
         ]
@@ -256,7 +261,8 @@ def cv_summary(result: Any, quiet: bool) -> None:
     s = result.summary
     if not quiet:
         table = Table(
-            title=f"covidreg cv: {result.n_folds} {result.split} folds", title_justify="left"
+            title=f"covidreg cv: {result.n_folds} {result.split} folds, {s['data']['layout']}",
+            title_justify="left",
         )
         found = s.get("lr_source") == "lr-find"  # --lr auto: each fold's own rate
         blended = bool(s.get("ridge_blend"))  # and the network alone beside the blend
