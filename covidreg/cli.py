@@ -531,12 +531,16 @@ def features(
     Example: [bold]covidreg features --train-csv data/covid.train.csv[/bold]
     """
     from covidreg.config import config_from
+    from covidreg.datadir import resolve_paths
     from covidreg.experiment import load_data
     from covidreg.layout import PRESET_HELP
     from covidreg.schema import describe_files
 
     with user_errors():
-        cfg = config_from(None, {"train_csv": train_csv, "test_csv": test_csv, "edition": edition})
+        train, test = resolve_paths(train_csv, test_csv, edition)
+        if test_csv == "auto" and not Path(test).is_file():
+            test = ""  # the layout and day order need no test file
+        cfg = config_from(None, {"train_csv": train, "test_csv": test, "edition": edition})
         data = load_data(cfg)
         layout = data.layout
         for line in describe_files(data.train, data.test):
