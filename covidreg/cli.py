@@ -429,8 +429,13 @@ def tune(
         str, typer.Option(help="Study name; running again with the same name resumes it.")
     ] = "covidreg",
     search: Annotated[
-        Path, typer.Option(help="Search space TOML: \\[space.<key>] tables and \\[fixed] keys.")
-    ] = Path("configs/search.toml"),
+        Optional[Path],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            help="Search space TOML: \\[space.<key>] tables and \\[fixed] keys; default: the "
+            "one shipped with covidreg (covidreg/tune/search.toml).",
+            show_default=False,
+        ),
+    ] = None,
     show: Annotated[
         bool,
         typer.Option("--show", help="Only show the study's best trials and write its outputs."),
