@@ -232,7 +232,13 @@ def fold_display(quiet: bool, total: int, label: str = "fold") -> Iterator[FoldD
 
 
 def displayed_cv(
-    cfg: Any, n_folds: int, out: Any, write_predictions: bool, quiet: bool, data: Any = None
+    cfg: Any,
+    n_folds: int,
+    out: Any,
+    write_predictions: bool,
+    quiet: bool,
+    data: Any = None,
+    overwrite: bool = False,
 ) -> Any:
     """``crossval.run_cv`` with a progress bar per fold (none when ``quiet``)."""
     from covidreg.crossval import run_cv
@@ -248,11 +254,13 @@ def displayed_cv(
             on_epoch=display.on_epoch,
             on_fold_end=display.on_fold_end,
             data=data,
+            overwrite=overwrite,
         )
 
 
-def cv_summary(result: Any, quiet: bool) -> None:
-    """The per-fold table, mean ± std and the baselines; the result line on stdout."""
+def cv_summary(result: Any, quiet: bool, result_line: bool = True) -> None:
+    """The per-fold table, mean ± std and the baselines; the result line on stdout (on stderr
+    without ``result_line``: one seed of ``cv --seeds``, whose result line is the seeds')."""
     s = result.summary
     if not quiet:
         table = Table(
@@ -306,15 +314,17 @@ def cv_summary(result: Any, quiet: bool) -> None:
         if result.pred_path is not None:
             err_console.print(f"fold-ensemble predictions: {result.pred_path}")
     v, p, r = s["valid_rmse"], s["persistence_rmse"], s["ridge_rmse"]
-    out_console.print(
+    (out_console if result_line else err_console).print(
         f"cv_rmse={v['mean']:.5f}±{v['std']:.5f} persistence_rmse={p['mean']:.5f}±{p['std']:.5f} "
-        f"ridge_rmse={r['mean']:.5f}±{r['std']:.5f} run_dir={result.run_dir}"
+        f"ridge_rmse={r['mean']:.5f}±{r['std']:.5f} run_dir={result.run_dir}",
+        soft_wrap=True,
     )
 
 
 def predict_summary(result: Any, quiet: bool) -> None:
     if not quiet:
-        what = "model" if result.n_models == 1 else f"ensemble of {result.n_models} fold models"
+        n = result.n_models
+        what = "model" if n == 1 else f"ensemble of {n} {result.members}"
         err_console.print(f"predicted {result.n_rows} rows with the {what}")
         for row in result.per_model:
             err_console.print(f"  {row['model']}: RMSE {row['rmse']:.5f}  MAE {row['mae']:.5f}")
