@@ -196,13 +196,15 @@ def train(
     *,
     out: str | Path | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> TrainResult:
     """``covidreg train``: one MLP on the holdout split, early stopping, the run directory.
 
     ``config``: a ``covidreg.Config``, the path of a TOML file or a dict of config keys;
     ``overrides``: config keys as Python values (``lr=3e-3, hidden=[32, 16]``), applied last.
-    ``out``: the run directory (default: a new ``runs/<time>-train/``). Shows the progress bar
+    ``out``: the run directory (default: a new ``runs/<time>-train/``); one that holds another
+    run is refused unless ``overwrite`` (then that run is replaced). Shows the progress bar
     and the summary table unless ``quiet``; warnings (a symmetric init, a divergence) go
     through ``warnings``.
 
@@ -215,7 +217,9 @@ def train(
     cfg = config_from(config, overrides, "covidreg.train() arguments")
     _warn(init_warning(cfg))
     with progress.epoch_display(quiet, cfg.epochs) as display:
-        run = run_train(cfg, out, on_epoch=display.on_epoch, on_start=display.on_start)
+        run = run_train(
+            cfg, out, on_epoch=display.on_epoch, on_start=display.on_start, overwrite=overwrite
+        )
     _warn(run.message)
     if not quiet:
         progress.train_summary(run, quiet=False)
@@ -285,11 +289,13 @@ def cv(
     out: str | Path | None = None,
     quiet: bool = False,
     predict: bool = False,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> CvResult:
     """``covidreg cv``: ``folds``-fold cross-validation of one config, with the baselines.
 
-    ``config``, ``overrides``, ``out`` and ``quiet`` as for ``covidreg.train``; ``predict``
+    ``config``, ``overrides``, ``out``, ``quiet`` and ``overwrite`` as for ``covidreg.train``;
+    ``predict``
     also writes the fold ensemble's pred.csv for the test CSV.
 
     Example: ``covidreg.cv(folds=5, lr=3e-3).fold_rmse``
@@ -297,7 +303,7 @@ def cv(
     from covidreg import progress
 
     cfg = config_from(config, overrides, "covidreg.cv() arguments")
-    run = progress.displayed_cv(cfg, folds, out, predict, quiet)
+    run = progress.displayed_cv(cfg, folds, out, predict, quiet, overwrite=overwrite)
     if not quiet:
         progress.cv_summary(run, quiet=False)
     return CvResult(run.run_dir, cfg, run.summary, run.folds, run.pred_path)

@@ -100,6 +100,24 @@ def ensure_writable_dir(path: str | Path, what: str = "output directory") -> Pat
     return path
 
 
+# What covidreg writes at the top of a run directory (train, --seeds, cv, compare, lr-find,
+# tune): a directory holding only these holds a covidreg run, which --overwrite may replace.
+# Anything else (a file of the user's) is never deleted.
+RUN_ENTRIES = re.compile(
+    r"model\.pt|config\.toml|history\.csv|metrics\.json|learning_curves?\.png"
+    r"|valid_pred\.png|pred\.csv|training_state(\.stack_\d+)?\.pt|seeds\.json|seed_\d+"
+    r"|cv\.csv|summary\.json|fold_\d+|compare\.csv|histories\.csv|curves\.png|spread\.png"
+    r"|lr_find\.(csv|png)|study\.journal.*|best\.toml|trials\.csv|history\.png|tensorboard"
+    r"|\..+\.tmp"
+)
+# what a tune study writes: the same command resumes the study in that directory
+TUNE_ENTRIES = re.compile(r"study\.journal.*|best\.toml|trials\.csv|history\.png|tensorboard")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 def check_output_target(out: str | Path | None, what: str = "output directory") -> None:
     """Fail before any work if ``out`` could not be created or written."""
     if out is None:
@@ -112,6 +130,48 @@ def check_output_target(out: str | Path | None, what: str = "output directory") 
         raise CovidRegError(f"{what} {path}: {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise CovidRegError(f"{what} {path} is not writable ({probe}); choose another with --out")
+
+
+def check_run_target(
+    out: str | Path | None,
+    overwrite: bool = False,
+    resumable: bool = False,
+    reusable: re.Pattern[str] | None = None,
+) -> None:
+    """``check_output_target``, and fail if the run directory ``out`` holds another run
+    (``overwrite``: one that covidreg wrote may be replaced). ``resumable``: the command
+    continues an interrupted run with --resume; ``reusable``: entries the command itself
+    reuses (a tune study's), which are no other run's."""
+    check_output_target(out)
+    if out is None or not Path(out).is_dir():
+        return
+    path = Path(out)
+    names = sorted(p.name for p in path.iterdir())
+    if reusable is not None and all(reusable.fullmatch(n) for n in names):
+        return
+    foreign = [n for n in names if not RUN_ENTRIES.fullmatch(n)]
+    if foreign:
+        raise CovidRegError(
+            f"output directory {path} holds files that are not a covidreg run's "
+            f"({_listed(foreign)}); choose another --out"
+        )
+    if names and not overwrite:
+        resume = f"continue it with --resume {path} if it was interrupted, " if resumable else ""
+        raise CovidRegError(
+            f"output directory {path} already holds a run ({_listed(names)}); {resume}replace "
+            "it with --overwrite, or choose another --out"
+        )
+
+
+def clear_run_dir(path: Path) -> None:
+    """Remove the run in ``path`` (``check_run_target`` found only covidreg's entries)."""
+    import shutil
+
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def new_run_dir(base: str | Path, name: str) -> Path:
@@ -129,18 +189,43 @@ def new_run_dir(base: str | Path, name: str) -> Path:
     raise CovidRegError(f"could not create a new run directory under {base}")  # pragma: no cover
 
 
+def claim_run_dir(
+    out: str | Path | None,
+    runs_dir: str | Path,
+    name: str,
+    overwrite: bool = False,
+    resumable: bool = False,
+    reusable: re.Pattern[str] | None = None,
+) -> Path:
+    """``out`` (checked, emptied of an earlier run with ``overwrite``, and created) or a new
+    ``runs_dir/<time>-name``. Called once the inputs are checked: a run that --overwrite
+    replaces is removed only when the new one is about to start."""
+    if out is None:
+        return new_run_dir(runs_dir, name)
+    check_run_target(out, overwrite, resumable, reusable)
+    path = Path(out)
+    if overwrite and path.is_dir():
+        clear_run_dir(path)
+    return ensure_writable_dir(path)
+
+
 @contextlib.contextmanager
-def run_dir_for(out: str | Path | None, runs_dir: str | Path, name: str) -> Iterator[Path]:
-    """``out`` (checked and created) or a new ``runs_dir/<time>-name``; a run that fails before
-    its first file (it diverged at once, it was interrupted) leaves no empty directory behind,
-    and one holding files (a training state for --resume) is kept."""
-    check_output_target(out)
+def run_dir_for(
+    out: str | Path | None,
+    runs_dir: str | Path,
+    name: str,
+    overwrite: bool = False,
+    resumable: bool = False,
+) -> Iterator[Path]:
+    """``claim_run_dir``; a run that fails before its first file (it diverged at once, it was
+    interrupted) leaves no empty directory behind, and one holding files (a training state for
+    --resume) is kept."""
     created = out is None or not Path(out).exists()
-    run_dir = ensure_writable_dir(out) if out else new_run_dir(runs_dir, name)
+    run_dir = claim_run_dir(out, runs_dir, name, overwrite, resumable)
     try:
         yield run_dir
     except BaseException:
-        if created:
+        if created or overwrite:
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # only succeeds while the directory is empty
         raise

@@ -141,6 +141,23 @@ SeedsOpt = Annotated[
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print only the result line (for scripts).")
 ]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace the run that --out already holds (removed once the inputs are checked); "
+        "without it such an --out is refused.",
+    ),
+]
+
+
+def warn_ignored_by_resume(given: list[str]) -> None:
+    """One warning line for each option that --resume ignores (the run's saved config rules)."""
+    from covidreg import progress
+
+    for name in given:
+        flag = "--" + name.replace("_", "-")
+        progress.warn(f"{flag} is ignored with --resume: the run goes on with its saved config")
 
 
 def _version_callback(value: bool) -> None:
@@ -178,6 +195,7 @@ def train(
         ),
     ] = None,
     seeds: SeedsOpt = 1,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     *,
     overrides: dict[str, Any],
@@ -191,11 +209,10 @@ def train(
 
     with user_errors():
         if resume is not None:
-            from covidreg.experiment import resume_train
-
-            with progress.epoch_display(quiet) as display:
-                result = resume_train(resume, display.on_epoch, display.on_start_resume)
-            progress.train_summary(result, quiet)
+            options = {"config": config, "out": out, **overrides}
+            given = [name for name, value in options.items() if value is not None]
+            given += [name for name, on in (("seeds", seeds != 1), ("overwrite", overwrite)) if on]
+            _resume(resume, given, quiet)
             return
         cfg = resolve_config(config, overrides)
         from covidreg.experiment import check_train_inputs, run_train
@@ -209,7 +226,13 @@ def train(
 
         if seeds == 1:
             with progress.epoch_display(quiet, cfg.epochs) as display:
-                result = run_train(cfg, out, on_epoch=display.on_epoch, on_start=display.on_start)
+                result = run_train(
+                    cfg,
+                    out,
+                    on_epoch=display.on_epoch,
+                    on_start=display.on_start,
+                    overwrite=overwrite,
+                )
             progress.train_summary(result, quiet)
             return
         from covidreg.crossval import FoldEvents
@@ -218,8 +241,32 @@ def train(
         data = check_train_inputs(cfg)
         with progress.fold_display(quiet, cfg.epochs, label="seed") as display:
             events = FoldEvents(display.on_fold_start, display.on_epoch)
-            repeated = train_seeds(cfg, seeds, out, "runs", events, data, display.on_start)
+            repeated = train_seeds(
+                cfg, seeds, out, "runs", events, data, display.on_start, overwrite
+            )
         progress.seeds_summary(repeated, quiet)
+
+
+def _resume(run_dir: Path, given: list[str], quiet: bool) -> None:
+    """``train --resume``: the interrupted run (--seeds too) goes on with its saved config;
+    each option in ``given`` is ignored, with a warning."""
+    from covidreg import progress
+    from covidreg.experiment import SEEDS_STATE, load_training_state, resume_train
+
+    state = load_training_state(run_dir)
+    warn_ignored_by_resume(given)
+    if state["kind"] != SEEDS_STATE:
+        with progress.epoch_display(quiet) as display:
+            result = resume_train(run_dir, display.on_epoch, display.on_start_resume, state)
+        progress.train_summary(result, quiet)
+        return
+    from covidreg.crossval import FoldEvents
+    from covidreg.seeds import resume_seeds
+
+    with progress.fold_display(quiet, int(state["config"]["epochs"]), label="seed") as display:
+        events = FoldEvents(display.on_fold_start, display.on_epoch)
+        repeated = resume_seeds(run_dir, state, events, display.on_start)
+    progress.seeds_summary(repeated, quiet)
 
 
 @app.command()
@@ -233,6 +280,7 @@ def cv(
         typer.Option("--predict", help="Also write the fold-ensemble pred.csv for the test CSV."),
     ] = False,
     seeds: SeedsOpt = 1,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     *,
     overrides: dict[str, Any],
@@ -253,18 +301,27 @@ def cv(
         if seeds < 1:
             fail(f"--seeds must be 1 or more, got {seeds}")
 
-        def run_one(seed_cfg: Config, seed_out: Path | None, data: Any = None) -> tuple[float, Any]:
-            result = progress.displayed_cv(seed_cfg, folds, seed_out, predict, quiet, data)
-            progress.cv_summary(result, quiet or seeds > 1)
-            return result.summary["valid_rmse"]["mean"], result
-
         if seeds == 1:
-            run_one(cfg, out)
+            result = progress.displayed_cv(cfg, folds, out, predict, quiet, overwrite=overwrite)
+            progress.cv_summary(result, quiet)
             return
         from covidreg.seeds import repeat_over_seeds
 
+        def run_one(seed_cfg: Config, seed_out: Path, data: Any) -> tuple[float, Any]:
+            result = progress.displayed_cv(seed_cfg, folds, seed_out, predict, quiet, data)
+            if not quiet:  # each seed's line on stderr: the one result line is the seeds'
+                progress.cv_summary(result, quiet=True, result_line=False)
+            return result.summary["valid_rmse"]["mean"], result
+
         repeated = repeat_over_seeds(
-            cfg, seeds, out, "runs", "cv", run_one, lambda c: check_cv_inputs(c, folds, predict)
+            cfg,
+            seeds,
+            out,
+            "runs",
+            "cv",
+            run_one,
+            lambda c: check_cv_inputs(c, folds, predict),
+            overwrite,
         )
         progress.seeds_summary(repeated, quiet)
 
@@ -286,6 +343,7 @@ def compare(
         int,
         typer.Option(help="With --folds: each variant's folds with seeds seed, seed+1, ..."),
     ] = 1,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     *,
     overrides: dict[str, Any],
@@ -317,6 +375,7 @@ def compare(
                 n_seeds=seeds,
                 on_start=display.on_start,
                 on_done=display.on_done,
+                overwrite=overwrite,
             )
         progress.compare_summary(result, quiet)
 
@@ -331,6 +390,7 @@ def lr_find(
     ] = 100,
     config: ConfigOpt = None,
     out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
     *,
     overrides: dict[str, Any],
@@ -349,7 +409,7 @@ def lr_find(
         cfg = resolve_config(config, overrides)
         from covidreg.lr_find import run_lr_find
 
-        result = run_lr_find(cfg, start_lr, end_lr, steps, out)
+        result = run_lr_find(cfg, start_lr, end_lr, steps, out, overwrite=overwrite)
         progress.lr_find_summary(result, quiet)
 
 
@@ -429,11 +489,24 @@ def tune(
         str, typer.Option(help="Study name; running again with the same name resumes it.")
     ] = "covidreg",
     search: Annotated[
-        Path, typer.Option(help="Search space TOML: \\[space.<key>] tables and \\[fixed] keys.")
-    ] = Path("configs/search.toml"),
+        Optional[Path],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            help="Search space TOML: \\[space.<key>] tables and \\[fixed] keys; default: the "
+            "one shipped with covidreg (covidreg/tune/search.toml).",
+            show_default=False,
+        ),
+    ] = None,
     show: Annotated[
         bool,
         typer.Option("--show", help="Only show the study's best trials and write its outputs."),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace what --out holds (another run, or this study's outputs and journal) "
+            "with a new study; without it another run there is refused.",
+        ),
     ] = False,
     config: ConfigOpt = None,
     out: Annotated[
@@ -478,6 +551,7 @@ def tune(
                 workers=workers,
                 storage=storage,
                 out=out,
+                overwrite=overwrite,
             )
             if not quiet:
                 for warning in plan.warnings:
@@ -662,6 +736,34 @@ def _leave(code: int) -> NoReturn:
     os._exit(code)
 
 
+def usage_message(exc: Any, args: list[str]) -> str:
+    """A usage error in one line: an unknown option with only the options it is close to (the
+    parser offers any it finds faintly alike); a compare flag of a true/false key given no
+    value, as such (the parser took the next option for its value)."""
+    import difflib
+
+    missing = _valueless_compare_flag(args)
+    if missing is not None:
+        return f"{missing} takes values in compare: {missing} true (or true,false to compare both)"
+    possibilities = getattr(exc, "possibilities", None)
+    if possibilities is None:
+        return exc.format_message()
+    close = difflib.get_close_matches(exc.option_name, possibilities, cutoff=0.8)
+    return exc.message + (f"; did you mean {' or '.join(sorted(close))}?" if close else "")
+
+
+def _valueless_compare_flag(args: list[str]) -> str | None:
+    """The first ``--<bool key>`` of a ``compare`` command line that another option follows."""
+    if not args or args[0] != "compare":
+        return None
+    for flag, following in zip(args, [*args[1:], "--"], strict=True):
+        name = flag[2:].replace("-", "_")
+        is_bool = flag.startswith("--") and name in FIELDS and field_kind(name) is bool
+        if is_bool and following.startswith("-") and following != "-":
+            return flag
+    return None
+
+
 def main() -> None:
     """Entry point: usage errors (an unknown option, a bad number) are one line, exit code 1."""
     try:
@@ -675,7 +777,9 @@ def main() -> None:
         if not exc.format_message():  # no arguments: the help was shown
             _leave(0)
         command = exc.ctx.command_path if exc.ctx else "covidreg"
-        print(f"error: {exc.format_message()} (see '{command} --help')", file=sys.stderr)
+        print(
+            f"error: {usage_message(exc, sys.argv[1:])} (see '{command} --help')", file=sys.stderr
+        )
         _leave(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

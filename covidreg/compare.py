@@ -302,16 +302,19 @@ def run_compare(
     n_seeds: int = 1,
     on_start: Callable[[Path, int], None] | None = None,
     on_done: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> CompareResult:
-    """``covidreg compare``: check every variant, train them, write the run directory."""
+    """``covidreg compare``: check every variant, train them, write the run directory
+    (``overwrite``: replacing the run an ``out`` holds; else that is refused)."""
     if n_folds is not None and n_folds < 2:
         raise CovidRegError(f"--folds must be 2 or more, got {n_folds}")
     if n_seeds < 1:
         raise CovidRegError(f"--seeds must be 1 or more, got {n_seeds}")
     if n_seeds > 1 and n_folds is None:
         raise CovidRegError("--seeds on compare needs --folds (each seed's folds are compared)")
+    artifacts.check_run_target(out, overwrite)
     prepared = prepare(variants, n_folds, n_seeds)
-    with artifacts.run_dir_for(out, runs_dir, "compare") as run_dir:
+    with artifacts.run_dir_for(out, runs_dir, "compare", overwrite) as run_dir:
         return _compare_into(run_dir, variants, keys, prepared, n_folds, n_seeds, on_start, on_done)
 
 

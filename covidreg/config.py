@@ -342,12 +342,14 @@ def _coerce_scalar(name: str, kind: type, value: Any, source: str, parse_text: b
     raise bad  # pragma: no cover - every field kind is handled above
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a config TOML file into a flat dict of checked values."""
+def load_toml(path: str | Path, given_as: str = "") -> dict[str, Any]:
+    """Read a config TOML file into a flat dict of checked values; ``given_as`` is how the
+    user named it (``--config``), for the message when it is not there."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
-        raise CovidRegError(f"config file {path} {what}; pass an existing .toml file to --config")
+        where = f" ({given_as})" if given_as else ""
+        raise CovidRegError(f"config file {path}{where} {what}; pass the path of a .toml file")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -361,7 +363,7 @@ def resolve_config(
     """Defaults -> TOML file -> overrides (CLI flags; None means 'not given'), then validate."""
     values: dict[str, Any] = {}
     if config_path is not None:
-        values.update(load_toml(config_path))
+        values.update(load_toml(config_path, "--config"))
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = coerce_value(key, value, "command-line flags", parse_text=True)
@@ -417,29 +419,56 @@ def _require(ok: bool, key: str, rule: str, value: Any) -> None:
         raise CovidRegError(f"config key '{key}' must be {rule}, got {value!r}")
 
 
+# numpy's legacy seeding and SeedSequence take unsigned 32-bit seeds
+MAX_SEED = 2**32 - 1
+# every other integer key fits a C int, which torch's schedulers and thread pools take
+MAX_INT = 2**31 - 1
+# the widest hidden layer and the most layers: more does not fit any machine's memory (a stack
+# of 5 layers 8192 wide, with Adam's state, is already several GB)
+MAX_WIDTH, MAX_LAYERS = 8192, 16
+# init bounds: mean +- 2 std (trunc_normal) and every other init value stay finite floats
+MAX_INIT = 1e6
+_FINITE_FLOATS = (
+    "init_a",
+    "init_b",
+    "init_mean",
+    "init_std",
+    "init_gain",
+    "init_value",
+    "bias_value",
+)
+
+
+def _in_int_range(key: str, value: int, low: int, high: int = MAX_INT) -> None:
+    _require(
+        value >= low, key, "a positive integer" if low else "zero or a positive integer", value
+    )
+    _require(value <= high, key, f"at most {high}", value)
+
+
 def validate(cfg: Config) -> None:
-    """Range and choice checks; each error names the key, the rule and the bad value."""
+    """Range and choice checks of every key, so no value reaches numpy or torch that they
+    refuse; each error names the key, the rule and the bad value."""
     for key, choices in CHOICES.items():
         value = getattr(cfg, key)
         _require(value in choices, key, "one of " + ", ".join(choices), value)
-    positive_ints = ("epochs", "batch_size", "step_size", "plateau_patience")
-    for key in (*positive_ints, "stack_size"):
-        _require(getattr(cfg, key) > 0, key, "a positive integer", getattr(cfg, key))
+    for key in ("train_csv", "test_csv"):
+        value = getattr(cfg, key)
+        _require("\0" not in value, key, "a file path (without NUL characters)", value)
+    _require(cfg.train_csv != "", "train_csv", "the path of a CSV file", cfg.train_csv)
+    for key in ("epochs", "batch_size", "step_size", "plateau_patience", "stack_size"):
+        _in_int_range(key, getattr(cfg, key), 1)
+    for key in ("patience", "checkpoint_every", "threads", "fold_processes"):
+        _in_int_range(key, getattr(cfg, key), 0)
+    if cfg.purge != AUTO_PURGE:
+        _in_int_range("purge", cfg.purge, 0)
+    _require(0 <= cfg.seed <= MAX_SEED, "seed", f"an integer in 0 .. {MAX_SEED}", cfg.seed)
     if cfg.batch_norm:
         raise CovidRegError(
             "config key 'batch_norm' is not supported: the training engine's backward covers "
             "linear layers, activations and dropout; set batch_norm = false (or drop "
             "--batch-norm)"
         )
-    if cfg.purge != AUTO_PURGE:
-        _require(cfg.purge >= 0, "purge", "auto or zero or a positive integer", cfg.purge)
-    for key in (
-        "patience",
-        "checkpoint_every",
-        "threads",
-        "fold_processes",
-    ):
-        _require(getattr(cfg, key) >= 0, key, "zero or a positive integer", getattr(cfg, key))
     if cfg.lr != AUTO_LR:
         _require(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a positive number or auto", cfg.lr)
     elif cfg.output_lr != 0:
@@ -447,16 +476,28 @@ def validate(cfg: Config) -> None:
             "config key 'lr' = auto finds one rate for the whole model; leave output_lr at 0 "
             "(--output-lr 0) or give lr a number"
         )
-    for key in ("weight_decay", "l2", "l1", "min_delta", "min_lr", "output_lr", "momentum"):
+    for key in ("weight_decay", "l2", "l1", "min_delta", "min_lr", "output_lr"):
         value = getattr(cfg, key)
         _require(math.isfinite(value) and value >= 0, key, "zero or a positive number", value)
     _require(0 < cfg.valid_ratio < 1, "valid_ratio", "between 0 and 1 (exclusive)", cfg.valid_ratio)
     _require(0 <= cfg.dropout < 1, "dropout", "in [0, 1)", cfg.dropout)
     _require(0 <= cfg.ridge_blend <= 1, "ridge_blend", "in [0, 1]", cfg.ridge_blend)
+    # a momentum of 1 or more never forgets a gradient: the steps grow without bound
+    _require(0 <= cfg.momentum < 1, "momentum", "in [0, 1)", cfg.momentum)
+    if cfg.scheduler == "plateau":  # torch's ReduceLROnPlateau needs a factor below 1
+        _require(0 < cfg.gamma < 1, "gamma", "in (0, 1) with the plateau scheduler", cfg.gamma)
     _require(0 < cfg.gamma <= 1, "gamma", "in (0, 1]", cfg.gamma)
+    for key in _FINITE_FLOATS:
+        value = getattr(cfg, key)
+        _require(abs(value) <= MAX_INIT, key, f"a number in -{MAX_INIT:g} .. {MAX_INIT:g}", value)
     _require(cfg.init_std > 0, "init_std", "a positive number", cfg.init_std)
     _require(cfg.init_a < cfg.init_b, "init_a", f"lower than init_b ({cfg.init_b})", cfg.init_a)
-    _require(all(h > 0 for h in cfg.hidden), "hidden", "positive layer sizes", cfg.hidden)
+    _require(
+        0 < len(cfg.hidden) <= MAX_LAYERS and all(0 < h <= MAX_WIDTH for h in cfg.hidden),
+        "hidden",
+        f"1 to {MAX_LAYERS} layer sizes in 1 .. {MAX_WIDTH}",
+        cfg.hidden,
+    )
     if cfg.nesterov and cfg.optimizer == "sgd":
         _require(cfg.momentum > 0, "momentum", "> 0 with nesterov", cfg.momentum)
     _require(cfg.init_gain >= 0, "init_gain", "zero (automatic) or positive", cfg.init_gain)

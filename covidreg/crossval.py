@@ -16,7 +16,9 @@ from covidreg import artifacts, tensorboard_logs
 from covidreg.baselines import persistence_predict, ridge_fit_predict, rmse
 from covidreg.config import AUTO_LR, Config, to_toml
 from covidreg.engine import (
+    DivergedAtOnce,
     EarlyStopping,
+    Engine,
     EpochRecord,
     FittedModel,
     Member,
@@ -170,12 +172,15 @@ class FoldEvents:
     """Callbacks of a cross-validation, fired in fold order: ``on_fold_start(k, n_folds)``,
     ``on_epoch(record, stopper)`` for each of fold k's epochs, then ``on_fold_fitted(k,
     fitted)``. ``after_epoch(stack, epoch, members)`` runs after every epoch of a stack trained
-    in this process (``members``: the stack's; it may raise, to stop the run)."""
+    in this process (``members``: the stack's; it may raise, to stop the run).
+    ``on_checkpoint(stack, engine)`` runs every ``checkpoint_every`` epochs of each stack, in
+    the process that trains it."""
 
     on_fold_start: Callable[[int, int], None] | None = None
     on_epoch: OnEpoch | None = None
     on_fold_fitted: Callable[[int, FittedModel], None] | None = None
     after_epoch: Callable[[int, int, list[Member]], None] | None = None
+    on_checkpoint: Callable[[int, Engine], None] | None = None
 
 
 def fold_members(
@@ -204,23 +209,42 @@ def cross_validate(
     processes: bool = True,
     seeds: list[int] | None = None,
     holdouts: bool = False,
+    resume_states: dict[int, dict[str, Any]] | None = None,
 ) -> list[FittedModel]:
     """Train one model per fold; returns their fitted models in fold order.
 
     The folds train in stacks of consecutive folds (``engine.stack_groups``: the config
     decides them), side by side in forked processes (``processes``: as many as
     ``processes.process_count`` gives; else one after another here). Either way each fold's
-    result is the same bits. ``seeds`` and ``holdouts``: as in ``fold_members``.
+    result is the same bits. ``seeds`` and ``holdouts``: as in ``fold_members``;
+    ``resume_states``: by stack, the training state its ``on_checkpoint`` saved, to go on from.
     """
     events = events or FoldEvents()
     members = fold_members(cfg, data, folds, seeds, holdouts)
-    stacks = [[members[k] for k in group] for group in stack_groups(cfg, len(members))]
+    groups = stack_groups(cfg, len(members))
+    stacks = [[members[k] for k in group] for group in groups]
     n_processes = process_count(cfg, len(stacks), resolve_device(cfg.device)) if processes else 1
     in_order = _InFoldOrder(events, cfg, members)
     in_order.advance()  # fold 1 starts now
 
-    def train_stack(index: int) -> list[FittedModel]:
-        return fit_members(cfg, stacks[index])
+    def train_stack(
+        index: int, after_epoch: Callable[[int], None] | None = None
+    ) -> list[FittedModel]:
+        save = events.on_checkpoint
+        on_checkpoint = None if save is None else (lambda engine: save(index, engine))
+        state = (resume_states or {}).get(index)
+        try:
+            return fit_members(
+                cfg,
+                stacks[index],
+                on_checkpoint=on_checkpoint,
+                resume_state=state,
+                after_epoch=after_epoch,
+            )
+        except DivergedAtOnce as exc:  # say which model of the stack it was
+            k = next(k for k in groups[index] if _diverged_at_once(members[k]))
+            name = f"seed {seeds[k]}" if holdouts and seeds else f"fold {k + 1}"
+            raise DivergedAtOnce(f"{name}: {exc}") from None
 
     with StackProcesses(stacks, n_processes, train_stack) as others:
         for index in range(0, len(stacks), n_processes):
@@ -231,11 +255,15 @@ def cross_validate(
                 if events.after_epoch is not None:
                     events.after_epoch(index, epoch, stacks[index])
 
-            fit_members(cfg, stacks[index], after_epoch=after_epoch)
+            train_stack(index, after_epoch)
             in_order.advance()
         others.wait()
     in_order.advance()
     return [m.fitted for m in members if m.fitted is not None]
+
+
+def _diverged_at_once(member: Member) -> bool:
+    return member.stop_reason == "diverged" and not member.history
 
 
 class _InFoldOrder:
@@ -285,16 +313,19 @@ def run_cv(
     on_epoch: OnEpoch | None = None,
     on_fold_end: Callable[[FoldResult], None] | None = None,
     data: LoadedData | None = None,
+    overwrite: bool = False,
 ) -> CvResult:
     """``covidreg cv``: train one model per fold and write the cv run directory.
 
     ``data``: the CSVs already read and checked (``check_cv_inputs``), else they are read here.
+    ``overwrite``: an ``out`` holding another run is replaced (else refused).
     """
+    artifacts.check_run_target(out, overwrite)
     if data is None:
         data = load_data(cfg, with_test=write_predictions)
     folds = make_folds(cfg, data, n_folds)
     # a run that fails before its first file (a fold's range test, an interrupt) leaves nothing
-    with artifacts.run_dir_for(out, runs_dir, "cv") as run_dir:
+    with artifacts.run_dir_for(out, runs_dir, "cv", overwrite) as run_dir:
         if on_start is not None:
             on_start(run_dir)
         results: list[FoldResult] = []

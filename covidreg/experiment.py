@@ -290,17 +290,20 @@ def run_train(
     on_epoch: OnEpoch | None = None,
     on_start: Callable[[Path, int], None] | None = None,
     data: LoadedData | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """``covidreg train``: validate everything, then train and write the run directory.
 
     ``data``: the CSVs already read and checked (``check_train_inputs``), else read here.
+    ``overwrite``: an ``out`` holding another run is replaced (else refused).
     """
+    artifacts.check_run_target(out, overwrite, resumable=True)
     if data is None:
         data = check_train_inputs(cfg)
     train_idx, valid_idx = holdout_split(
         data.train.order, cfg.split, cfg.valid_ratio, cfg.seed, cfg.purge
     )
-    with artifacts.run_dir_for(out, runs_dir, run_name) as run_dir:
+    with artifacts.run_dir_for(out, runs_dir, run_name, overwrite, resumable=True) as run_dir:
         return _train_into(cfg, data, train_idx, valid_idx, run_dir, on_epoch, on_start, None)
 
 
@@ -320,7 +323,7 @@ def _train_into(
     def save_state(engine: Engine) -> None:
         artifacts.save_checkpoint(
             run_dir / STATE_FILE,
-            {"kind": "training_state", "config": to_dict(cfg), **engine.state_dict()},
+            {"kind": TRAIN_STATE, "config": to_dict(cfg), **engine.state_dict()},
             durable=False,
         )
 
@@ -369,23 +372,43 @@ def _logged(on_epoch: OnEpoch | None, log: tensorboard_logs.EpochLog | None) -> 
     return both
 
 
-def resume_train(
-    run_dir: str | Path,
-    on_epoch: OnEpoch | None = None,
-    on_start: Callable[[Path, int], None] | None = None,
-) -> RunResult:
-    """Continue an interrupted ``covidreg train`` run from its last saved training state."""
+# the kinds of STATE_FILE: a train run's engine state, or what a --seeds run needs to go on
+# (its stacks' engine states are files of their own beside it)
+TRAIN_STATE, SEEDS_STATE = "training_state", "seeds_state"
+
+
+def load_training_state(run_dir: str | Path) -> dict[str, Any]:
+    """The training state of an interrupted ``covidreg train`` run (``--seeds`` too), checked."""
     run_dir = Path(run_dir)
     state_path = run_dir / STATE_FILE
     if not run_dir.is_dir():
         raise CovidRegError(f"run directory {run_dir} does not exist; pass a runs/<run> directory")
     if not state_path.exists():
-        finished = (run_dir / "model.pt").exists()
-        why = "the run finished" if finished else "no training state was saved yet"
+        if (run_dir / "model.pt").exists() or (run_dir / "seeds.json").exists():
+            why = "the run finished"
+        else:
+            why = "it holds no interrupted covidreg train run"
         raise CovidRegError(f"nothing to resume in {run_dir}: {why} (no {STATE_FILE})")
     state = artifacts.load_checkpoint(state_path, "training state")
-    if state.get("kind") != "training_state":
+    if state.get("kind") not in (TRAIN_STATE, SEEDS_STATE) or "config" not in state:
         raise CovidRegError(f"{state_path} is not a covidreg training state")
+    return state
+
+
+def resume_train(
+    run_dir: str | Path,
+    on_epoch: OnEpoch | None = None,
+    on_start: Callable[[Path, int], None] | None = None,
+    state: dict[str, Any] | None = None,
+) -> RunResult:
+    """Continue an interrupted ``covidreg train`` run from its last saved training state
+    (``state``: that state, already read by ``load_training_state``)."""
+    run_dir = Path(run_dir)
+    state_path = run_dir / STATE_FILE
+    if state is None:
+        state = load_training_state(run_dir)
+    if state["kind"] != TRAIN_STATE:
+        raise CovidRegError(f"{state_path} is the state of a --seeds run; resume it as one")
     cfg = from_dict(state["config"], str(state_path))
     tensorboard_logs.check(cfg)
     data = load_data(cfg)

@@ -126,6 +126,19 @@ class PredictResult:
     n_models: int
     scores: dict[str, float] | None
     per_model: list[dict[str, Any]]
+    members: str = "model"  # what the models are: model, fold models, seed models, ...
+
+
+def ensemble_members(root: str | Path, models: list[LoadedModel]) -> str:
+    """What an ensemble's models are, from their directories under ``root``: "fold models"
+    (a cv run), "seed models" (train --seeds) or "seed x fold models" (cv --seeds)."""
+    if len(models) == 1:
+        return "model"
+    try:
+        parts = models[0].path.relative_to(Path(root)).parent.parts
+    except ValueError:
+        return "models"
+    return " x ".join(part.rsplit("_", 1)[0] for part in parts) + " models"
 
 
 def run_predict(model_path: str | Path, csv_path: str | Path, out: str | Path) -> PredictResult:
@@ -148,4 +161,5 @@ def run_predict(model_path: str | Path, csv_path: str | Path, out: str | Path) -
         for loaded in models:
             single = ensemble_predict([loaded], table)
             per_model.append({"model": str(loaded.path), **score(single, table.target)})
-    return PredictResult(out, len(table), len(models), scores, per_model)
+    members = ensemble_members(model_path, models)
+    return PredictResult(out, len(table), len(models), scores, per_model, members)

@@ -56,16 +56,16 @@ def run_lr_find(
     n_steps: int = AUTO_STEPS,
     out: str | Path | None = None,
     runs_dir: str | Path = "runs",
+    overwrite: bool = False,
 ) -> LrFindResult:
-    """``covidreg lr-find``: the range test, then lr_find.csv and lr_find.png."""
+    """``covidreg lr-find``: the range test, then lr_find.csv and lr_find.png (``overwrite``:
+    replacing the run an ``out`` holds; else that is refused)."""
     check_bounds(start_lr, end_lr, n_steps)
-    artifacts.check_output_target(out)
+    artifacts.check_run_target(out, overwrite)
     lrs, losses, diverged = holdout_range_test(cfg, start_lr, end_lr, n_steps)
     smoothed = smooth(losses)
     suggestion = suggest(lrs, smoothed)
-    run_dir = (
-        artifacts.ensure_writable_dir(out) if out else artifacts.new_run_dir(runs_dir, "lr-find")
-    )
+    run_dir = artifacts.claim_run_dir(out, runs_dir, "lr-find", overwrite)
     artifacts.write_csv(
         run_dir / "lr_find.csv",
         ["step", "lr", "loss", "smoothed_loss"],

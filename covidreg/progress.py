@@ -8,8 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import (
@@ -237,7 +238,13 @@ def fold_display(quiet: bool, total: int, label: str = "fold") -> Iterator[FoldD
 
 
 def displayed_cv(
-    cfg: Any, n_folds: int, out: Any, write_predictions: bool, quiet: bool, data: Any = None
+    cfg: Any,
+    n_folds: int,
+    out: Any,
+    write_predictions: bool,
+    quiet: bool,
+    data: Any = None,
+    overwrite: bool = False,
 ) -> Any:
     """``crossval.run_cv`` with a progress bar per fold (none when ``quiet``)."""
     from covidreg.crossval import run_cv
@@ -253,74 +260,137 @@ def displayed_cv(
             on_epoch=display.on_epoch,
             on_fold_end=display.on_fold_end,
             data=data,
+            overwrite=overwrite,
         )
 
 
-def cv_summary(result: Any, quiet: bool) -> None:
-    """The per-fold table, mean ± std and the baselines; the result line on stdout."""
+@dataclass
+class Column:
+    """One column of a summary table: its header, its cells (text), and when it may go."""
+
+    header: str
+    cells: list[str]
+    justify: Literal["left", "right"] = "right"
+    # 0: always shown; when the terminal is too narrow for every column, the highest goes first
+    drop: int = 0
+
+    def min_width(self) -> int:
+        """The narrowest it can be with its cells whole (a header wraps at its spaces)."""
+        words = [len(w) for w in self.header.split()] or [0]
+        return max(max(words), *(len(c) for c in self.cells), 1)
+
+    def natural_width(self) -> int:
+        return max(len(self.header), self.min_width())
+
+
+def fitting_table(
+    title: str,
+    columns: list[Column],
+    width: int,
+    section_at: int | None = None,
+    row_styles: list[str | None] | None = None,
+    full_file: str = "",
+) -> Table:
+    """A table whose cells are never cut at ``width`` columns: the columns that may go are
+    dropped (highest ``drop`` first) until the rest fit, and a caption names them
+    (``full_file`` holds every column). ``section_at``: a rule before that row."""
+    kept = list(columns)
+
+    def needed(cols: list[Column]) -> int:
+        return sum(c.min_width() + 3 for c in cols) + 1  # 1 padding each side, 1 border
+
+    for column in sorted((c for c in columns if c.drop), key=lambda c: -c.drop):
+        if needed(kept) <= width:
+            break
+        kept.remove(column)
+    dropped = [c.header for c in columns if c not in kept]
+    caption = None
+    if dropped:
+        caption = f"not shown at this width: {', '.join(dropped)}" + (
+            f" (see {full_file})" if full_file else ""
+        )
+    # rich narrows a table too wide for the terminal by cutting cells; give each column its
+    # width instead: its cells' whole, then what is left towards its header's one line
+    widths = [c.min_width() for c in kept]
+    spare = width - needed(kept)
+    for i, c in enumerate(kept):
+        extra = max(0, min(spare, c.natural_width() - widths[i]))
+        widths[i], spare = widths[i] + extra, spare - extra
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for c, w in zip(kept, widths, strict=True):
+        table.add_column(c.header, justify=c.justify, width=w, overflow="fold")
+    n_rows = len(columns[0].cells) if columns else 0
+    for i in range(n_rows):
+        if i == section_at:
+            table.add_section()
+        style = row_styles[i] if row_styles else None
+        table.add_row(*(c.cells[i] for c in kept), style=style)
+    return table
+
+
+def cv_table(result: Any, width: int) -> Table:
+    """The per-fold table with mean, std, min and max, fitted to ``width`` columns."""
+    s, folds = result.summary, result.folds
+    stats = ("mean", "std", "min", "max")
+    blank = [""] * len(stats)
+
+    def with_stats(key: str, cells: list[str], spec: str = ".4f") -> list[str]:
+        return cells + [format(s[key][stat], spec) for stat in stats]
+
+    columns = [
+        Column("fold", [str(f.fold) for f in folds] + list(stats)),
+        Column("train rows", [str(f.train_rows) for f in folds] + blank, drop=3),
+        Column("valid rows", [str(f.valid_rows) for f in folds] + blank, drop=4),
+        Column("epochs", [str(f.epochs_run) for f in folds] + blank, drop=2),
+        Column("best epoch", [str(f.best_epoch) for f in folds] + blank),
+    ]
+    if s.get("lr_source") == "lr-find":  # --lr auto: each fold's own rate
+        columns.append(Column("lr (auto)", [f"{f.lr:.3g}" for f in folds] + blank))
+    columns += [
+        Column("valid MSE", [f"{f.valid_mse:.4f}" for f in folds] + blank, drop=5),
+        Column("valid RMSE", with_stats("valid_rmse", [f"{f.valid_rmse:.4f}" for f in folds])),
+    ]
+    if s.get("ridge_blend"):  # and the network alone beside the blend
+        cells = [f"{f.network_rmse:.4f}" for f in folds]
+        columns.append(Column("network", with_stats("network_rmse", cells)))
+    columns += [
+        Column(
+            "persistence",
+            with_stats("persistence_rmse", [f"{f.persistence_rmse:.4f}" for f in folds]),
+            drop=1,
+        ),
+        Column("ridge", with_stats("ridge_rmse", [f"{f.ridge_rmse:.4f}" for f in folds])),
+        Column(
+            "seconds",
+            with_stats("fold_seconds", [f"{f.seconds:.1f}" for f in folds], ".1f"),
+            drop=6,
+        ),
+    ]
+    title = f"covidreg cv: {result.n_folds} {result.split} folds, {s['data']['layout']}"
+    return fitting_table(title, columns, width, len(folds), full_file="cv.csv")
+
+
+def cv_summary(result: Any, quiet: bool, result_line: bool = True) -> None:
+    """The per-fold table, mean ± std and the baselines; the result line on stdout (on stderr
+    without ``result_line``: one seed of ``cv --seeds``, whose result line is the seeds')."""
     s = result.summary
     if not quiet:
-        table = Table(
-            title=f"covidreg cv: {result.n_folds} {result.split} folds, {s['data']['layout']}",
-            title_justify="left",
-        )
-        found = s.get("lr_source") == "lr-find"  # --lr auto: each fold's own rate
-        blended = bool(s.get("ridge_blend"))  # and the network alone beside the blend
-        for name in (
-            "fold",
-            "train rows",
-            "valid rows",
-            "epochs",
-            "best epoch",
-            *(["lr (auto)"] if found else []),
-            "valid MSE",
-            "valid RMSE",
-            *(["network"] if blended else []),
-            "persistence",
-            "ridge",
-            "seconds",
-        ):
-            table.add_column(name, justify="right")
-        for f in result.folds:
-            table.add_row(
-                str(f.fold),
-                str(f.train_rows),
-                str(f.valid_rows),
-                str(f.epochs_run),
-                str(f.best_epoch),
-                *([f"{f.lr:.3g}"] if found else []),
-                f"{f.valid_mse:.4f}",
-                f"{f.valid_rmse:.4f}",
-                *([f"{f.network_rmse:.4f}"] if blended else []),
-                f"{f.persistence_rmse:.4f}",
-                f"{f.ridge_rmse:.4f}",
-                f"{f.seconds:.1f}",
-            )
-        table.add_section()
-        for label, key in (("mean", "mean"), ("std", "std"), ("min", "min"), ("max", "max")):
-            table.add_row(
-                label,
-                *[""] * (6 if found else 5),
-                f"{s['valid_rmse'][key]:.4f}",
-                *([f"{s['network_rmse'][key]:.4f}"] if blended else []),
-                f"{s['persistence_rmse'][key]:.4f}",
-                f"{s['ridge_rmse'][key]:.4f}",
-                f"{s['fold_seconds'][key]:.1f}",
-            )
-        err_console.print(table)
+        err_console.print(cv_table(result, err_console.width))
         err_console.print(f"outputs: {result.run_dir}")
         if result.pred_path is not None:
             err_console.print(f"fold-ensemble predictions: {result.pred_path}")
     v, p, r = s["valid_rmse"], s["persistence_rmse"], s["ridge_rmse"]
-    out_console.print(
+    (out_console if result_line else err_console).print(
         f"cv_rmse={v['mean']:.5f}±{v['std']:.5f} persistence_rmse={p['mean']:.5f}±{p['std']:.5f} "
-        f"ridge_rmse={r['mean']:.5f}±{r['std']:.5f} run_dir={result.run_dir}"
+        f"ridge_rmse={r['mean']:.5f}±{r['std']:.5f} run_dir={result.run_dir}",
+        soft_wrap=True,
     )
 
 
 def predict_summary(result: Any, quiet: bool) -> None:
     if not quiet:
-        what = "model" if result.n_models == 1 else f"ensemble of {result.n_models} fold models"
+        n = result.n_models
+        what = "model" if n == 1 else f"ensemble of {n} {result.members}"
         err_console.print(f"predicted {result.n_rows} rows with the {what}")
         for row in result.per_model:
             err_console.print(f"  {row['model']}: RMSE {row['rmse']:.5f}  MAE {row['mae']:.5f}")
@@ -510,36 +580,33 @@ def variant_display(quiet: bool) -> Iterator[VariantDisplay]:
         display.finish()
 
 
-def compare_summary(result: Any, quiet: bool) -> None:
-    """One row per variant, the best marked; the result line on stdout."""
+def compare_table(result: Any, width: int) -> Table:
+    """One row per variant, the best in bold green, fitted to ``width`` columns."""
     from covidreg.compare import show_value
 
+    rows, folds = result.results, result.n_folds
+    columns = [Column(k, [show_value(r.variant.values[k]) for r in rows]) for k in result.keys]
+    columns += [
+        Column("epochs", [f"{r.epochs_run:g}" for r in rows], drop=3),
+        Column("best epoch", [f"{r.best_epoch:g}" for r in rows], drop=4),
+        Column("valid RMSE", [f"{r.valid_rmse:.5f}" for r in rows]),
+        *([Column("± std", [f"{r.valid_rmse_std:.5f}" for r in rows])] if folds else []),
+        Column("train loss", [f"{r.train_loss:.4f}" for r in rows], drop=2),
+        Column("stop", [r.stop_reason for r in rows], drop=1),
+    ]
+    seeds = f"{result.n_seeds} seed{'s' if result.n_seeds > 1 else ''}"
+    how = "holdout" if folds is None else f"{folds} folds x {seeds}"
+    title = f"covidreg compare: {len(rows)} variants ({how})"
+    styles = ["bold green" if r is result.best else None for r in rows]
+    return fitting_table(title, columns, width, row_styles=styles, full_file="compare.csv")
+
+
+def compare_summary(result: Any, quiet: bool) -> None:
+    """One row per variant, the best marked; the result line on stdout."""
     best = result.best
     if not quiet:
-        folds = result.n_folds
-        seeds = f"{result.n_seeds} seed{'s' if result.n_seeds > 1 else ''}"
-        how = "holdout" if folds is None else f"{folds} folds x {seeds}"
-        table = Table(
-            title=f"covidreg compare: {len(result.results)} variants ({how})", title_justify="left"
-        )
-        for key in result.keys:
-            table.add_column(key, justify="right")
-        names = ["epochs", "best epoch", "valid RMSE", "± std", "train loss", "stop"]
-        for name in names if folds else [n for n in names if n != "± std"]:
-            table.add_column(name, justify="right")
-        for r in result.results:
-            table.add_row(
-                *(show_value(r.variant.values[k]) for k in result.keys),
-                f"{r.epochs_run:g}",
-                f"{r.best_epoch:g}",
-                f"{r.valid_rmse:.5f}",
-                *([f"{r.valid_rmse_std:.5f}"] if folds else []),
-                f"{r.train_loss:.4f}",
-                r.stop_reason,
-                style="bold green" if r is best else None,
-            )
-        err_console.print(table)
-        plot = "curves.png" if folds is None else "spread.png"
+        err_console.print(compare_table(result, err_console.width))
+        plot = "curves.png" if result.n_folds is None else "spread.png"
         err_console.print(f"outputs: {result.run_dir} (compare.csv, {plot})")
     out_console.print(
         f"best={best.variant.name} valid_rmse={best.valid_rmse:.5f} run_dir={result.run_dir}"

@@ -122,7 +122,8 @@ def test_a_symmetric_init_warns_through_warnings(
     hw01_files: dict[str, Path], tmp_path: Path
 ) -> None:
     with pytest.warns(UserWarning, match="init 'zeros' gives every hidden unit of a layer"):
-        covidreg.train(**files_of(hw01_files), **QUICK, init="zeros", out=tmp_path, quiet=True)
+        out = tmp_path / "run"
+        covidreg.train(**files_of(hw01_files), **QUICK, init="zeros", out=out, quiet=True)
 
 
 def test_cv_equals_covidreg_cv(hw01_files: dict[str, Path], tmp_path: Path) -> None:

@@ -265,7 +265,7 @@ def test_a_fold_diverging_at_once_fails_leaving_nothing(
     args = compare_args(data, out, "--optimizer", "sgd", "--lr", "1e-3,1e3", "--folds", "2")
     result = runner.invoke(app, args)
     assert result.exit_code == 1
-    assert result.stderr.splitlines()[-1].startswith("error: training diverged at epoch 1")
+    assert result.stderr.splitlines()[-1].startswith("error: fold 1: training diverged at epoch 1")
     assert not out.exists()
 
 

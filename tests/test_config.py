@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,16 @@ def test_missing_config_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
     with pytest.raises(CovidRegError, match="does not exist") as info:
         resolve_config(path)
-    assert str(path) in str(info.value)
+    assert str(info.value).startswith(f"config file {path} (--config) does not exist")
+
+
+def test_missing_config_file_from_python_names_no_flag(tmp_path: Path) -> None:
+    from covidreg.config import config_from
+
+    path = tmp_path / "nope.toml"
+    with pytest.raises(CovidRegError) as info:
+        config_from(path)
+    assert str(info.value) == f"config file {path} does not exist; pass the path of a .toml file"
 
 
 def test_config_directory(tmp_path: Path) -> None:
@@ -396,3 +406,108 @@ def test_config_from_rejects_by_name(config: Any, overrides: dict[str, Any], mes
 
     with pytest.raises(CovidRegError, match=message):
         config_from(config, overrides)
+
+
+# --- every value of every key: accepted and runs, or refused in one line ------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from covidreg.config import MAX_SEED, config_from, is_list, validate  # noqa: E402
+
+_SPECIAL_INTS = [-(2**63), -1, 0, MAX_SEED, MAX_SEED + 1, 2**31, 2**63, 10**30]
+_SPECIAL_FLOATS = [float("nan"), float("inf"), -float("inf"), 1e308, -1e308, 1e-320, 0.0, 1.0]
+
+
+def _text_values(key: str, small: bool) -> st.SearchStrategy[str]:
+    """Command-line text for ``key``: values near its edges, some of them bad. ``small``: the
+    accepted ones train in a moment (few epochs, narrow layers, one thread)."""
+    kind = field_kind(key)
+    if key in ("train_csv", "test_csv"):
+        return st.sampled_from(["", "nope.csv", ".", "a\0b.csv", "covid.test.csv"])
+    if key in CHOICES:
+        return st.sampled_from([*CHOICES[key], "bogus", ""])
+    if kind is bool:
+        return st.sampled_from(["true", "false", "maybe", "2"])
+    if key == "features":
+        return st.lists(
+            st.sampled_from(["strong", "all", "cli_d1", "tested_positive_d2", "nope", ""]),
+            min_size=1,
+            max_size=3,
+        ).map(",".join)
+    if key == "hidden":
+        sizes = st.integers(-2, 12) | st.sampled_from([10**6, 2**31])
+        return st.lists(sizes, min_size=0, max_size=3).map(lambda h: ",".join(map(str, h)))
+    if kind is int:
+        high = {"threads": 2, "epochs": 6, "seed": 50}.get(key, 40) if small else 10**6
+        ints = st.integers(-3, high) | st.sampled_from(_SPECIAL_INTS)
+        return (ints.map(str) | st.sampled_from(["1.5", "x", ""])) if not small else ints.map(str)
+    floats = st.floats(-2, 2) | st.sampled_from(_SPECIAL_FLOATS)
+    if key == "lr":
+        floats = st.floats(1e-6, 0.1) | st.sampled_from(_SPECIAL_FLOATS)
+    text = floats.map(repr) | st.sampled_from(["1e400", "x", "", "auto" if key == "lr" else "1"])
+    return text
+
+
+@pytest.mark.parametrize("key", list(FIELDS))
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_every_value_of_every_key_is_checked_or_refused_by_name(key: str, data: Any) -> None:
+    """The config check alone, over many values: it accepts a value or raises CovidRegError
+    naming the key, never numpy's, torch's or Python's own exception."""
+    text = data.draw(_text_values(key, small=False))
+    try:
+        cfg = resolve_config(None, {key: text})
+    except CovidRegError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    validate(cfg)
+    value = getattr(cfg, key)
+    assert config_from(None, {key: value}) == cfg  # the same value from Python is the same
+    if field_kind(key) in (int, float) and not is_list(key) and value != "auto":
+        assert math.isfinite(value)
+
+
+def _run_dir_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_a_value_is_accepted_and_runs_or_refused_in_one_line_leaving_nothing(
+    data: Any, hw01_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Any key with any value through ``covidreg train``: it trains (exit 0, a model written)
+    or is refused in one line (exit 1, no traceback) and leaves no file behind."""
+    from typer.testing import CliRunner
+
+    from covidreg.cli import app
+    from tests.conftest import train_args
+
+    key = data.draw(st.sampled_from(list(FIELDS)), label="key")
+    text = data.draw(_text_values(key, small=True), label="value")
+    work = tmp_path_factory.mktemp("fuzz")
+    out = work / "run"
+    args = [*train_args(hw01_files, out, "--epochs", "3", "-q", "--checkpoint-every", "2")]
+    flag = "--" + key.replace("_", "-")
+    if key in ("train_csv", "test_csv") and text == "covid.test.csv":
+        text = str(hw01_files["test"])  # a test file as the training file, or as itself
+    if field_kind(key) is bool:  # a switch on the command line: --normalize / --no-normalize
+        args += [flag if text == "true" else "--no-" + flag[2:]]
+    else:
+        args += [f"{flag}={text}"]
+    result = CliRunner().invoke(app, args)
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert result.exception is None or isinstance(result.exception, SystemExit), output
+    if result.exit_code == 0:
+        assert (out / "model.pt").is_file()
+        assert result.stdout.count("\n") == 1 and result.stdout.startswith("valid_rmse=")
+    else:
+        assert result.exit_code == 1, output
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, output
+        assert _run_dir_files(work) == set(), "a refused value leaves no file"

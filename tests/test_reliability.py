@@ -438,3 +438,224 @@ def test_resume_with_a_state_that_does_not_fit_is_a_clear_error(
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the saved training state does not fit")
     assert result.stderr.count("\n") == 1
+
+
+# --- run directories: never replaced or mixed into unasked --------------------------------------
+
+
+def command_args(command: str, files: dict[str, Path], out: Path, tmp_path: Path) -> list[str]:
+    """A quick run of ``command`` on the synthetic files into ``out``, printing one line."""
+    from tests.tune_files import tune_args, write_space
+
+    data = ["--train-csv", str(files["train"]), "--test-csv", str(files["test"])]
+    quick = ["--epochs", "2", "--batch-size", "16", "--out", str(out), "-q"]
+    if command == "train":
+        return ["train", *data, *quick]
+    if command == "train --seeds":
+        return ["train", *data, *quick, "--seeds", "2"]
+    if command == "cv":
+        return ["cv", *data, *quick, "--folds", "2"]
+    if command == "cv --seeds":
+        return ["cv", *data, *quick, "--folds", "2", "--seeds", "2"]
+    if command == "compare":
+        return ["compare", *data, *quick, "--lr", "1e-3,1e-2"]
+    if command == "compare --folds":
+        return ["compare", *data, *quick, "--lr", "1e-3,1e-2", "--folds", "2"]
+    if command == "lr-find":
+        return ["lr-find", *data, "--steps", "20", *quick[2:]]
+    assert command == "tune"
+    space = write_space(tmp_path, name="space.toml")
+    return tune_args(files, space, out, "--trials", "1", "--workers", "1", "--epochs", "2", "-q")
+
+
+RUN_COMMANDS = ["train", "train --seeds", "cv", "cv --seeds", "compare", "lr-find", "tune"]
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS)
+def test_an_out_holding_another_run_is_refused_and_left_untouched(
+    command: str, hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    taken = tmp_path / "try1"
+    assert runner.invoke(app, train_args(hw01_files, taken, "--epochs", "2", "-q")).exit_code == 0
+    before = snapshot(taken)
+    result = runner.invoke(app, command_args(command, hw01_files, taken, tmp_path))
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert f"output directory {taken} already holds a run (" in result.stderr
+    assert "--overwrite" in result.stderr
+    assert ("--resume" in result.stderr) == command.startswith("train")
+    assert snapshot(taken) == before, "nothing in the other run may change"
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS)
+def test_overwrite_replaces_the_run_once_the_inputs_are_checked(
+    command: str, hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    taken = tmp_path / "try1"
+    assert runner.invoke(app, train_args(hw01_files, taken, "--epochs", "2", "-q")).exit_code == 0
+    before = snapshot(taken)
+    args = [*command_args(command, hw01_files, taken, tmp_path), "--overwrite"]
+    bad = runner.invoke(app, [*args, "--train-csv", str(tmp_path / "nope.csv")])
+    assert bad.exit_code == 1 and "does not exist" in bad.stderr, bad.stderr
+    assert snapshot(taken) == before, "a refused run removes nothing"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.count("\n") == 1
+    if command != "train":
+        assert not (taken / "model.pt").exists(), "the old run is gone, not mixed in"
+
+
+def test_overwrite_never_removes_files_covidreg_did_not_write(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = runner.invoke(app, train_args(hw01_files, mine, "--overwrite", "-q"))
+    assert result.exit_code == 1
+    assert "holds files that are not a covidreg run's (notes.txt)" in result.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_predict_after_a_refused_cv_still_reads_the_train_run(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The issue's sequence: train, then cv into the same --out (refused), then predict."""
+    taken = tmp_path / "try1"
+    assert runner.invoke(app, train_args(hw01_files, taken, "--epochs", "2", "-q")).exit_code == 0
+    again = runner.invoke(app, train_args(hw01_files, taken, "--epochs", "5", "-q"))
+    assert again.exit_code == 1 and "already holds a run" in again.stderr
+    cv = runner.invoke(app, command_args("cv", hw01_files, taken, tmp_path))
+    assert cv.exit_code == 1 and not list(taken.glob("fold_*"))
+    args = ["predict", "-m", str(taken), "--test-csv", str(hw01_files["test"])]
+    pred = runner.invoke(app, [*args, "--out", str(tmp_path / "pred.csv")])
+    assert pred.exit_code == 0 and "with the model" in pred.stderr
+
+
+# --- every command checks the seed -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [*RUN_COMMANDS, "compare --folds"])
+@pytest.mark.parametrize(
+    ("seed", "message"),
+    [
+        ("-1", "config key 'seed' must be an integer in 0 .. 4294967295, got -1"),
+        ("4294967296", "config key 'seed' must be an integer in 0 .. 4294967295, got 4294967296"),
+    ],
+)
+def test_a_seed_out_of_range_is_one_line_for_every_command(
+    command: str, seed: str, message: str, hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, [*command_args(command, hw01_files, out, tmp_path), "--seed", seed])
+    assert result.exit_code == 1
+    assert result.stderr == f"error: {message}\n"
+    assert "run directory" not in result.stdout + result.stderr
+    assert not out.exists()
+
+
+def test_seeds_past_the_largest_seed_are_refused(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = [*command_args("train --seeds", hw01_files, out, tmp_path), "--seed", "4294967295"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "goes past the largest seed" in result.stderr
+    assert not out.exists()
+
+
+# --- --quiet: one result line ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [*RUN_COMMANDS, "compare --folds"])
+def test_quiet_prints_exactly_one_result_line(
+    command: str, hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    result = runner.invoke(app, command_args(command, hw01_files, tmp_path / "run", tmp_path))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.count("\n") == 1, result.stdout
+    assert "run_dir=" in result.stdout or "best_toml=" in result.stdout
+
+
+# --- train --seeds resumes ---------------------------------------------------------------------
+
+
+def test_an_interrupted_train_seeds_run_resumes_to_the_same_bits(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from covidreg.crossval import FoldEvents
+    from covidreg.experiment import check_train_inputs
+    from covidreg.seeds import train_seeds
+    from tests.conftest import files_config
+
+    flags = {"epochs": "12", "checkpoint_every": "5", "patience": "0", "stack_size": "2"}
+    cfg = files_config(hw01_files, **flags, fold_processes="1", dropout="0.1")
+
+    def interrupt(record: object, stopper: object) -> None:
+        if record.epoch == 8:  # type: ignore[attr-defined]
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train_seeds(cfg, 3, cut, "runs", FoldEvents(on_epoch=interrupt), check_train_inputs(cfg))
+    # stack 1 (seeds 42, 43) saved epoch 5; stack 2 (seed 44) had not started
+    assert {p.name for p in cut.iterdir()} == {STATE_FILE, "training_state.stack_1.pt"}
+
+    resumed = runner.invoke(app, ["train", "--resume", str(cut), "--lr", "0.5", "--epochs", "3"])
+    assert resumed.exit_code == 0, resumed.stderr
+    warnings = [line for line in resumed.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: --lr is ignored with --resume: the run goes on with its saved config",
+        "warning: --epochs is ignored with --resume: the run goes on with its saved config",
+    ]
+    assert not list(cut.glob("training_state*")), "a finished run removes its training states"
+
+    reference = tmp_path / "reference"
+    args = train_args(hw01_files, reference, "--seeds", "3", "--dropout", "0.1", "-q")
+    args += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
+    assert runner.invoke(app, args).exit_code == 0
+    for seed in (42, 43, 44):
+        assert state_dicts_equal(cut / f"seed_{seed}/model.pt", reference / f"seed_{seed}/model.pt")
+        for name in ("history.csv", "pred.csv"):
+            assert (cut / f"seed_{seed}" / name).read_bytes() == (
+                reference / f"seed_{seed}" / name
+            ).read_bytes()
+    assert (cut / "pred.csv").read_bytes() == (reference / "pred.csv").read_bytes()
+    seeds = json.loads((cut / "seeds.json").read_text())
+    assert seeds == json.loads((reference / "seeds.json").read_text())
+
+
+def test_resume_of_a_directory_without_a_run_does_not_say_to_wait(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "holds no interrupted covidreg train run" in result.stderr
+    assert "yet" not in result.stderr
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+def test_a_cv_fold_that_diverges_at_once_is_named(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = command_args("cv", hw01_files, out, tmp_path)
+    result = runner.invoke(app, [*args, "--optimizer", "sgd", "--lr", "1e3", "--device", "cpu"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: fold 1: training diverged at epoch 1")
+    assert not out.exists()
+
+
+def test_predict_names_the_members_of_a_seeds_ensemble(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "seeds"
+    assert (
+        runner.invoke(app, command_args("train --seeds", hw01_files, out, tmp_path)).exit_code == 0
+    )
+    pred = ["predict", "-m", str(out), "--test-csv", str(hw01_files["test"])]
+    result = runner.invoke(app, [*pred, "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.stderr
+    assert "with the ensemble of 2 seed models" in result.stderr

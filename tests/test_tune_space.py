@@ -56,3 +56,28 @@ def test_search_space_values_reach_the_config() -> None:
     assert hidden.candidates() == [[64], [32, 8]]
     with pytest.raises(CovidRegError, match="hidden"):
         ParamSpec("hidden", "categorical").config_value("a")
+
+
+def test_the_default_search_space_ships_inside_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """covidreg tune without --search works from any directory: its space is package data."""
+    from importlib.resources import files
+
+    from covidreg.tune.space import DEFAULT_SEARCH, default_search_text, load_search_space
+    from tests.conftest import synthetic_rows, write_hw01_csv
+
+    packaged = files("covidreg.tune").joinpath(DEFAULT_SEARCH)
+    assert packaged.is_file() and packaged.read_text(encoding="utf-8") == default_search_text()
+    space = load_search_space()
+    assert space.params and space.source == "covidreg/tune/search.toml"
+    repo = Path(__file__).resolve().parent.parent
+    assert not (repo / "configs" / "search.toml").exists(), "one copy of the search space"
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    # rows enough for every batch size the default space draws
+    train = write_hw01_csv(tmp_path / "train.csv", synthetic_rows(8, 100, seed=0))
+    args = ["tune", "--train-csv", str(train), "--trials", "1", "--folds", "2"]
+    args += ["--epochs", "2", "--workers", "1", "-q", "--out", "study"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("best_rmse=") and result.stdout.count("\n") == 1

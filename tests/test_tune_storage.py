@@ -39,3 +39,16 @@ def test_sqlite_storage_warns(hw01_files: dict[str, Path], tmp_path: Path) -> No
     assert "SQLite is not safe for several workers" in result.stderr
     shown = runner.invoke(app, ["tune", "--show", "--storage", url, "--out", str(tmp_path / "o")])
     assert shown.exit_code == 0 and shown.stdout.startswith("best_rmse=")
+
+
+def test_a_trial_abandoned_by_an_interruption_says_why(tmp_path: Path) -> None:
+    from covidreg.tune.reports import TrialRow
+
+    study = optuna.create_study(study_name="s", storage=storage.open_storage(str(tmp_path / "j")))
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    why = "interrupted (Ctrl-C); its parameters were queued again"
+    storage.abandon(study, trial.number, dict(trial.params), requeue=True, why=why)
+    abandoned = study.get_trials(deepcopy=False)[0]
+    assert abandoned.state == optuna.trial.TrialState.FAIL
+    assert TrialRow.of(abandoned).error == why  # the error column of trials.csv
+    assert not storage.counts(abandoned), "an abandoned trial does not count"

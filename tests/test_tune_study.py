@@ -40,7 +40,7 @@ def test_rerun_resumes_and_numbering_continues(hw01_files: dict[str, Path], tmp_
         (["--sampler", "cmaes"], "unknown sampler 'cmaes'"),
         (["--pruner", "asha"], "unknown pruner 'asha'"),
         (["--workers", "0"], "--workers must be a positive integer"),
-        (["--search", "MISSING"], "does not exist; pass --search"),
+        (["--search", "MISSING"], "does not exist; pass the path of a search-space TOML file"),
     ],
 )
 def test_bad_tune_options_are_one_line_errors(

@@ -10,10 +10,11 @@ The modules, in the order a study uses them:
 
 Design, in the order a trial lives it:
 
-* **Search space.** ``configs/search.toml`` holds one ``[space.<config key>]`` table per searched
-  key (float / int / categorical; ``values = [...]`` is the grid for ``--sampler grid``) and a
-  ``[fixed]`` table of config keys applied to every trial. Precedence: defaults -> ``--config``
-  -> ``[fixed]`` -> CLI flags -> the sampled values.
+* **Search space.** ``search.toml`` beside this file (shipped in the package; ``--search FILE``
+  for another) holds one ``[space.<config key>]`` table per searched key (float / int /
+  categorical; ``values = [...]`` is the grid for ``--sampler grid``) and a ``[fixed]`` table of
+  config keys applied to every trial. Precedence: defaults -> ``--config`` -> ``[fixed]`` -> CLI
+  flags -> the sampled values.
 * **Objective.** The mean of the per-fold best validation RMSE over ``n_folds`` folds of the
   config's split (blocked by default), with ``covidreg cv``'s folds, fold seeds and stacks, so
   the best value is what ``covidreg cv --config best.toml`` reports, bit for bit.

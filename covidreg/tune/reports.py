@@ -16,6 +16,7 @@ from covidreg import artifacts
 from covidreg.config import from_dict, to_toml
 from covidreg.errors import CovidRegError
 from covidreg.tune.storage import (
+    ABANDONED,
     ATTR_FOLDS,
     JOURNAL_FILE,
     is_url,
@@ -48,7 +49,7 @@ class TrialRow:
             fold_std=float(np.std(folds, ddof=1)) if folds and len(folds) > 1 else None,
             params=dict(trial.user_attrs.get("values") or trial.params),
             seconds=seconds,
-            error=str(trial.user_attrs.get("error", "")),
+            error=str(trial.user_attrs.get("error") or trial.user_attrs.get(ABANDONED, "")),
         )
 
 

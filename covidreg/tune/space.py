@@ -185,16 +185,42 @@ def _parse_param(key: str, table: Any, source: str) -> ParamSpec:
     )
 
 
-def load_search_space(path: str | Path) -> SearchSpace:
-    """Read and check a search-space TOML file; every error names the file and the key."""
+# the search space covidreg tune uses without --search, shipped inside the package
+DEFAULT_SEARCH = "search.toml"
+
+
+def default_search_text() -> str:
+    """The packaged default search space (``covidreg/tune/search.toml``)."""
+    from importlib.resources import files
+
+    return files("covidreg.tune").joinpath(DEFAULT_SEARCH).read_text(encoding="utf-8")
+
+
+def load_search_space(path: str | Path | None = None) -> SearchSpace:
+    """Read and check a search-space TOML file (None: the packaged default); every error names
+    the file and the key."""
+    if path is None:
+        return parse_search_space(default_search_text(), "covidreg/tune/search.toml")
     path = Path(path)
     if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
         raise CovidRegError(
-            f"search space file {path} does not exist; pass --search FILE (see configs/search.toml)"
+            f"search space file {path} {what}; pass the path of a search-space TOML file "
+            "(or leave --search out for the default)"
         )
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CovidRegError(f"search space {path} is not valid TOML: {exc}") from None
+    return parse_search_space(text, str(path))
+
+
+def parse_search_space(text: str, source: str) -> SearchSpace:
+    """A search space from its TOML text; ``source`` names it in the errors."""
+    path = source
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise CovidRegError(f"search space {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(raw) - {"space", "fixed"})
     if unknown:
@@ -212,7 +238,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
         raise CovidRegError(
             f"search space {path}: '{both[0]}' is both in [fixed] and [space.{both[0]}]; keep one"
         )
-    return SearchSpace(params, fixed, str(path))
+    return SearchSpace(params, fixed, path)
 
 
 def base_config(

@@ -43,13 +43,35 @@ _LOCK_KEY = zlib.crc32(b"covidreg") - 2**31
 _TABLES = "optuna tables"
 
 
-def study_run_dir(study_name: str, out: str | Path | None, runs_dir: str | Path) -> Path:
-    """The study's outputs and default journal: ``out``, or ``runs_dir/tune-<study>``."""
+def study_dir_path(study_name: str, out: str | Path | None, runs_dir: str | Path) -> Path:
+    """Where the study's outputs and default journal go: ``out``, or ``runs_dir/tune-<study>``."""
     if out is not None:
-        artifacts.check_output_target(out)
-        return artifacts.ensure_writable_dir(out)
+        return Path(out)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", study_name)
-    return artifacts.ensure_writable_dir(Path(runs_dir) / f"tune-{safe}")
+    return Path(runs_dir) / f"tune-{safe}"
+
+
+def check_study_dir(path: Path, overwrite: bool = False) -> None:
+    """Refuse a directory holding another run than a study's (``overwrite``: replace it)."""
+    artifacts.check_run_target(path, overwrite, reusable=artifacts.TUNE_ENTRIES)
+
+
+def study_run_dir(
+    study_name: str,
+    out: str | Path | None,
+    runs_dir: str | Path,
+    claim: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """The study's outputs and default journal, created; ``claim``: for a study about to run,
+    which resumes a study there, and refuses (or with ``overwrite`` replaces) another run."""
+    path = study_dir_path(study_name, out, runs_dir)
+    if not claim:
+        artifacts.check_output_target(path)
+        return artifacts.ensure_writable_dir(path)
+    return artifacts.claim_run_dir(
+        path, runs_dir, "tune", overwrite, reusable=artifacts.TUNE_ENTRIES
+    )
 
 
 def is_url(storage: str) -> bool:
@@ -225,11 +247,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def abandon(study: optuna.Study, trial_number: int, params: dict[str, Any], requeue: bool) -> None:
-    """Mark an unfinished trial failed (it does not count) and queue its parameters again."""
+# user attribute of a trial failed by its worker's end, not its config: why (the trials.csv
+# error column); unlike "error", it does not make the trial count towards the target
+ABANDONED = "abandoned"
+
+
+def abandon(
+    study: optuna.Study,
+    trial_number: int,
+    params: dict[str, Any],
+    requeue: bool,
+    why: str = "",
+) -> None:
+    """Mark an unfinished trial failed (it does not count), saying ``why``, and queue its
+    parameters again."""
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial_number)
     if trial.state != TrialState.RUNNING:
         return  # it ended before the interruption: its result stands
+    if why:
+        optuna.trial.Trial(study, trial._trial_id).set_user_attr(ABANDONED, why)
     study.tell(trial_number, state=TrialState.FAIL, skip_if_finished=True)
     if requeue:
         study.enqueue_trial(params, user_attrs={"requeued_from": trial_number})

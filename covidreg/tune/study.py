@@ -22,11 +22,13 @@ from covidreg.tune.storage import (
     ATTR_GRID,
     ATTR_STRIDE,
     JOURNAL_FILE,
+    check_study_dir,
     counts,
     is_url,
     open_storage,
     setup_lock,
     storage_label,
+    study_dir_path,
     study_run_dir,
 )
 from covidreg.tune.workers import (
@@ -181,20 +183,23 @@ def plan_tune(
     storage: str | None = None,
     out: str | Path | None = None,
     runs_dir: str | Path = "runs",
+    overwrite: bool = False,
 ) -> TunePlan:
     """Check everything, then create (or open) the study; nothing is trained yet.
 
     ``workers=None`` is ``default_workers``: one process per available core, at most one per
-    trial left to run.
+    trial left to run. The outputs' directory may hold this study (it is resumed); another
+    run there is refused, or with ``overwrite`` replaced by a new study.
     """
     _check_options(sampler, pruner, n_trials, n_folds, workers, study_name)
+    check_study_dir(study_dir_path(study_name, out, runs_dir), overwrite)
     tensorboard_logs.check(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings: list[str] = []
     if sampler == "grid":
         n_trials = _grid_trials(space, n_trials, warnings)
     check_space(cfg, space, load_data(cfg, with_test=False), n_folds)
-    run_dir = study_run_dir(study_name, out, runs_dir)
+    run_dir = study_run_dir(study_name, out, runs_dir, claim=True, overwrite=overwrite)
     if storage is None:
         storage = str(run_dir / JOURNAL_FILE)
     elif storage.startswith("sqlite"):

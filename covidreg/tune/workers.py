@@ -317,10 +317,18 @@ def run_worker(
                 if trial is not None:
                     with interrupts.held():
                         requeue = isinstance(exc, KeyboardInterrupt)
-                        abandon(study, trial.number, dict(trial.params), requeue)
+                        abandon(study, trial.number, dict(trial.params), requeue, _why(exc))
                 raise
             if on_trial is not None:
                 on_trial(study)
+
+
+def _why(exc: BaseException) -> str:
+    """Why a trial was abandoned, for its error column."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C); its parameters were queued again"
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"its worker stopped: {type(exc).__name__}" + (f": {reason}" if reason else "")
 
 
 def _worker_process(job: TuneJob, worker: int) -> None:
