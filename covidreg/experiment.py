@@ -64,7 +64,7 @@ def load_data(cfg: Config, with_test: bool = True) -> LoadedData:
     """Read and validate the CSVs named in ``cfg`` (the test file only ``with_test``: a command
     that predicts nothing never asks for it) and resolve the feature names in the training
     file's layout."""
-    train_csv, test_csv = resolve_paths(cfg.train_csv, cfg.test_csv, cfg.edition)
+    train_csv, _ = resolve_paths(cfg.train_csv, cfg.test_csv, cfg.edition)
     train = read_hw01_csv(train_csv, require_target=True, what="training CSV")
     if cfg.edition not in (AUTO, train.layout.edition):
         raise CovidRegError(
@@ -72,11 +72,19 @@ def load_data(cfg: Config, with_test: bool = True) -> LoadedData:
             f"{cfg.edition} edition's; pass the {cfg.edition} files or --edition auto"
         )
     feature_names = train.layout.resolve_features(cfg.features)
-    test = None
-    if test_csv and with_test:
-        test = read_hw01_csv(test_csv, require_target=False, what="test CSV")
-        check_same_layout(train.layout, test, f"training CSV {train.path} has")
+    test = read_test(cfg, train) if with_test else None
     return LoadedData(feature_names, train, test)
+
+
+def read_test(cfg: Config, train: HW01Table) -> HW01Table | None:
+    """The test CSV named in ``cfg`` (None for ''), which must have the training file's
+    layout."""
+    _, test_csv = resolve_paths(train.path, cfg.test_csv, cfg.edition)
+    if not test_csv:
+        return None
+    test = read_hw01_csv(test_csv, require_target=False, what="test CSV")
+    check_same_layout(train.layout, test, f"training CSV {train.path} has")
+    return test
 
 
 def preflight(cfg: Config, data: LoadedData, n_train: int) -> None:

@@ -22,6 +22,7 @@ from covidreg.experiment import (
     TRAIN_STATE,
     LoadedData,
     check_train_inputs,
+    read_test,
 )
 
 
@@ -228,10 +229,8 @@ def _summarize(cfg: Config, run_dir: Path, runs: list[SeedRun], data: LoadedData
     }
     artifacts.write_json(run_dir / "seeds.json", summary)
     test = data.test
-    if test is None and cfg.test_csv:  # cv without --predict read no test CSV
-        from covidreg.schema import read_hw01_csv
-
-        test = read_hw01_csv(cfg.test_csv, require_target=False, what="test CSV")
+    if test is None:  # cv without --predict read no test CSV
+        test = read_test(cfg, data.train)
     if test is not None:
         # the seed models' (or seed x fold models') average: an ensemble is steadier than a run
         from covidreg.inference import ensemble_predict, load_models
