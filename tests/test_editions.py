@@ -160,8 +160,9 @@ def test_commands_read_the_data_directory_from_the_environment(
     monkeypatch.chdir(tmp_path)
     invoke("train", "--epochs", "5", "--out", str(tmp_path / "run"), "-q")
     seeds = invoke(
-        "cv", "--seeds", "2", "--folds", "2", "--epochs", "3", "--out", str(tmp_path / "s"), "-q"
-    )
+        "cv", "--seeds", "2", "--folds", "2", "--epochs", "3", "--batch-size", "16", "--out",
+        str(tmp_path / "s"), "-q",
+    )  # fmt: skip
     assert seeds.count("\n") == 1 and (tmp_path / "s" / "pred.csv").is_file()
     recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]
     assert recorded["train_csv"] == str(data / "covid_train.csv")
