@@ -50,7 +50,9 @@ AUTO_LR = "auto"
 # purge = "auto": the windows that share a day with a validation window (D - 1 on each side)
 AUTO_PURGE = "auto"
 #: Keys that take "auto" besides a number.
-AUTO_KEYS = ("lr", "purge")
+AUTO_KEYS = ("lr", "purge", "ridge_alpha")
+# ridge_alpha = "auto": each model's penalty chosen by leave-one-out on its own training rows
+AUTO_ALPHA = "auto"
 
 
 def _opt(default: Any, help: str, group: str) -> Any:
@@ -128,6 +130,14 @@ class Config:
         "standardised training rows and target: the model predicts (1 - w) * network + "
         "w * ridge. Early stopping watches the network alone; the valid RMSE is the blend's. "
         "0: the network alone, 1: the ridge alone.",
+        "model",
+    )
+    ridge_alpha: float = _opt(
+        1.0,
+        "Penalty of the ridge_blend's ridge regression on the standardised inputs, or auto: "
+        "for each model the one of 1e-3 ... 1e3 (13 values, two a decade) with the lowest "
+        "closed-form leave-one-out error on the model's own training rows, as scikit-learn's "
+        "RidgeCV chooses it.",
         "model",
     )
     batch_norm: bool = _opt(
@@ -452,6 +462,13 @@ def validate(cfg: Config) -> None:
     _require(0 < cfg.valid_ratio < 1, "valid_ratio", "between 0 and 1 (exclusive)", cfg.valid_ratio)
     _require(0 <= cfg.dropout < 1, "dropout", "in [0, 1)", cfg.dropout)
     _require(0 <= cfg.ridge_blend <= 1, "ridge_blend", "in [0, 1]", cfg.ridge_blend)
+    if cfg.ridge_alpha != AUTO_ALPHA:
+        _require(
+            math.isfinite(cfg.ridge_alpha) and cfg.ridge_alpha > 0,
+            "ridge_alpha",
+            "a positive number or auto",
+            cfg.ridge_alpha,
+        )
     _require(0 < cfg.gamma <= 1, "gamma", "in (0, 1]", cfg.gamma)
     _require(cfg.init_std > 0, "init_std", "a positive number", cfg.init_std)
     _require(cfg.init_a < cfg.init_b, "init_a", f"lower than init_b ({cfg.init_b})", cfg.init_a)
