@@ -57,9 +57,10 @@ docs: install
 	p.write_text(re.sub(r'(<!-- config:start -->).*?(<!-- config:end -->)', \
 	lambda m: m.group(1) + chr(10) + ref() + chr(10) + m.group(2), t, flags=re.S))"
 
-# Rewrites the Results table of README.md (blocked 5-fold cv x 3 seeds per config).
+# Rewrites the Results tables (blocked 5-fold cv and the future and past hold-outs x 3 seeds,
+# on the 2021 and the 2022 files).
 results: install
-	$(PY) bench/results.py --data-dir "$(COVIDREG_DATA_DIR)"
+	$(PY) bench/results.py --data-dir "$(COVIDREG_DATA_DIR)" --data-dir-2022 "$(COVIDREG_DATA_DIR_2022)"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,19 +1,25 @@
-"""Regenerate the README's Results tables: blocked 5-fold cv RMSE over 3 seeds, covidreg and peers.
+"""Regenerate the Results tables: covidreg and its peers on three protocols, on each edition.
 
-Each covidreg configuration runs as ``covidreg cv --folds 5 --split blocked --seeds 3`` in its
-own process; the persistence and ridge baselines come from the same folds. The peers
-(``peers.py``: scikit-learn, skorch, LightGBM) run here on exactly those folds (covidreg's
-``make_folds`` for the default config) with the default config's seeds, on covidreg's default
-features and on all 93. The tables replace the text between the ``<!-- results:start -->`` and
-``<!-- results:end -->`` markers of README.md (``--no-write`` only prints them).
+The protocols, every row on the same rows: blocked 5-fold cv (``make_folds``), and two temporal
+hold-outs (``covidreg.splits.temporal_holdout``): per state, the last (future) or first (past)
+14 windows of its day order held out, every window sharing a day with them dropped, the rest
+to train on. Each covidreg configuration runs its cv as ``covidreg cv --folds 5 --split blocked
+--seeds 3`` in its own process, and its hold-outs here, each seed's model trained on the rest as
+``covidreg train`` trains on its file (its blocked holdout of those rows to early-stop on) and
+scored on the held-out rows. The persistence and ridge baselines come from the same rows. The
+peers (``peers.py``: scikit-learn, skorch, LightGBM) run here on exactly those rows with the
+default config's seeds, on covidreg's default features and on all of them. The tables replace
+the text between the ``<!-- results:start -->`` and ``<!-- results:end -->`` markers
+(``--no-write`` only prints them).
 
-    python bench/results.py --data-dir ../shared/hw01
+    python bench/results.py --data-dir ../shared/hw01 --data-dir-2022 ../shared/hw01-2022
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -24,6 +30,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,10 +39,12 @@ sys.path.insert(0, str(ROOT))  # this checkout's covidreg, whatever is installed
 
 from peers import PEERS, Peer, covidreg_protocol, delta_target, peer_fold_rmse  # noqa: E402
 
-from covidreg.config import Config  # noqa: E402
-from covidreg.crossval import make_folds  # noqa: E402
-from covidreg.experiment import load_data  # noqa: E402
+from covidreg.baselines import persistence_predict, ridge_fit_predict, rmse  # noqa: E402
+from covidreg.config import Config, resolve_config  # noqa: E402
+from covidreg.crossval import cross_validate, fold_seed, make_folds  # noqa: E402
+from covidreg.experiment import LoadedData, load_data  # noqa: E402
 from covidreg.seeds import seed_list  # noqa: E402
+from covidreg.splits import temporal_holdout  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DEFAULT_LABEL = "covidreg default.toml (recommended setup)"
@@ -43,59 +52,66 @@ OPTIMISTIC_LABEL = (
     "covidreg default, stop_on = valid (early-stopped on the scored rows, as the course code)"
 )
 
-# (row label, features, config file, extra flags); every row uses the blocked split.
-CONFIGS = [
-    (
-        "covidreg sample.toml (course sample code's hyperparameters)",
-        "all (93)",
-        "configs/sample.toml",
-        [],
-    ),
+# (row label, config file, keys that differ from it); every row uses the blocked split.
+CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("covidreg sample.toml (course sample code's hyperparameters)", "configs/sample.toml", {}),
     (
         "covidreg, target_only features (default otherwise)",
-        "target_only (42)",
         "configs/default.toml",
-        ["--features", "target_only"],
+        {"features": "target_only"},
     ),
-    (DEFAULT_LABEL, "strong (14)", "configs/default.toml", []),
+    (DEFAULT_LABEL, "configs/default.toml", {}),
     (
         "covidreg default's network alone (ridge_blend = 0)",
-        "strong (14)",
         "configs/default.toml",
-        ["--ridge-blend", "0"],
+        {"ridge_blend": "0"},
     ),
-    (OPTIMISTIC_LABEL, "strong (14)", "configs/default.toml", ["--stop-on", "valid"]),
     (
-        "covidreg default's network alone, stop_on = valid",
-        "strong (14)",
+        "covidreg default, ridge_alpha = auto (the blend's penalty by leave-one-out)",
         "configs/default.toml",
-        ["--ridge-blend", "0", "--stop-on", "valid"],
+        {"ridge_alpha": "auto"},
     ),
+    (OPTIMISTIC_LABEL, "configs/default.toml", {"stop_on": "valid"}),
 ]
-# Peers that predict the level clearly worse than the change from tested_positive_d2 get a
-# second, labelled row with covidreg's delta target. RidgeCV, linear in tested_positive_d2
-# already, gained little from it in a check (0.9779 -> 0.9788 on the default features, 1.0085 ->
-# 0.9984 on all 93), so it has no such row.
+# Peers that predict the level clearly worse than the change from the last known
+# tested_positive get a second, labelled row with covidreg's delta target. RidgeCV, linear in
+# that feature already, gained little from it in a check (0.9779 -> 0.9788 on the 2021 default
+# features), so it has no such row; it has one on the states with the strong features instead.
 DELTA_PEERS = ("scikit-learn MLPRegressor", "skorch NeuralNetRegressor", "LightGBM LGBMRegressor")
 # On the default features this peer, with the delta target, is covidreg default's network,
 # target and optimiser; stopped as covidreg cv stops, it differs from covidreg in the engine.
 PROTOCOL_PEER = "skorch NeuralNetRegressor"
+RIDGE_PEER = "scikit-learn RidgeCV"
+PROTOCOLS = ("cv", "future", "past")
+HOLDOUT_WINDOWS = 14  # per state, held out by each temporal hold-out
+PROTOCOL_TITLES = {
+    "cv": "blocked {folds}-fold cv",
+    "future": "future hold-out (each state's last 14 windows)",
+    "past": "past hold-out (each state's first 14 windows)",
+}
+EDITION_ENV = {"2021": "COVIDREG_DATA_DIR", "2022": "COVIDREG_DATA_DIR_2022"}
 
 
 @dataclass
 class Row:
     label: str
     features: str
-    rmse: np.ndarray  # valid RMSE [seed, fold]; a deterministic row repeats one fit per seed
+    rmse: np.ndarray  # RMSE of the scored rows [seed, fold] (one fold for a hold-out)
+    # another library's model, stopped as covidreg's default is (the summary's rivals)
+    peer: bool = False
 
     @property
     def fold_means(self) -> np.ndarray:
         return self.rmse.mean(axis=0)
 
     @property
+    def seed_means(self) -> np.ndarray:
+        return self.rmse.mean(axis=1)
+
+    @property
     def seed_std(self) -> float:
-        """Seed luck: the std of the per-seed 5-fold means."""
-        return _std(self.rmse.mean(axis=1))
+        """Seed luck: the std of the per-seed means over the folds."""
+        return _std(self.seed_means)
 
     @property
     def fold_std(self) -> float:
@@ -107,15 +123,21 @@ def _std(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def features_label(cfg: Config, data: LoadedData) -> str:
+    spec = cfg.features[0] if len(cfg.features) == 1 else "named"
+    return f"{spec} ({len(data.feature_names)})"
+
+
 def run_cv(
-    config: str, extra: list[str], data_dir: Path, folds: int, seeds: int, out: Path
+    config: str, overrides: dict[str, Any], data_dir: Path, folds: int, seeds: int, out: Path
 ) -> list[dict]:
     """``covidreg cv --seeds``; each seed's summary.json, in seed order."""
+    flags = [item for k, v in overrides.items() for item in (f"--{k.replace('_', '-')}", v)]
     cmd = [
         sys.executable, "-m", "covidreg", "cv", "--config", str(ROOT / config),
         "--folds", str(folds), "--split", "blocked", "--seeds", str(seeds), "--quiet",
         "--train-csv", str(data_dir / "covid.train.csv"),
-        "--test-csv", str(data_dir / "covid.test.csv"), "--out", str(out), *extra,
+        "--test-csv", str(data_dir / "covid.test.csv"), "--out", str(out), *flags,
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     order = json.loads((out / "seeds.json").read_text())["seeds"]
@@ -127,65 +149,114 @@ def fold_matrix(summaries: list[dict], key: str) -> np.ndarray:
     return np.array([[f[key] for f in s["folds"]] for s in summaries])
 
 
-def covidreg_rows(data_dir: Path, n_folds: int, n_seeds: int, tmp: Path) -> list[Row]:
-    """The covidreg configs, then the two baselines from the default config's folds."""
-    rows = []
-    for i, (label, features, config, extra) in enumerate(CONFIGS):
-        start = time.perf_counter()
-        summaries = run_cv(config, extra, data_dir, n_folds, n_seeds, tmp / str(i))
-        rows.append(Row(label, features, fold_matrix(summaries, "valid_rmse")))
-        _progress(rows[-1], f"{time.perf_counter() - start:.0f} s")
-        if label == DEFAULT_LABEL:
-            baselines = summaries
-    rows.append(
+def holdouts(data: LoadedData) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Each temporal hold-out as a list of one (train, held-out rows) split."""
+    table = data.train
+    return {
+        side: [temporal_holdout(table.order, table.states, HOLDOUT_WINDOWS, side)]
+        for side in ("future", "past")
+    }
+
+
+def holdout_rmse(
+    cfg: Config, data: LoadedData, splits: list[tuple[np.ndarray, np.ndarray]], n_seeds: int
+) -> np.ndarray:
+    """covidreg on each hold-out [seed, 1]: seed s's model (seeded as cv's fold 1 of run seed
+    s) trains on the rest and early-stops on its blocked tail, as ``covidreg train`` does on a
+    training file, and is scored on the held-out rows. Every seed is one stack."""
+    seeds = [fold_seed(s, 1) for s in seed_list(cfg.seed, n_seeds)]
+    fitted = cross_validate(cfg, data, splits * n_seeds, processes=False, seeds=seeds)
+    return np.array([[math.sqrt(f.result.best_valid_mse)] for f in fitted])
+
+
+def baseline_rows(
+    data: LoadedData, splits: list[tuple[np.ndarray, np.ndarray]], n_seeds: int, default: str
+) -> list[Row]:
+    """Persistence and covidreg's closed-form ridge (alpha 1, default features) on ``splits``."""
+    table, target = data.train, data.train.target
+
+    def per_split(predict: Any) -> np.ndarray:
+        row = [rmse(predict(train, valid), target[valid]) for train, valid in splits]
+        return np.tile(row, (n_seeds, 1))
+
+    return [
         Row(
-            "persistence baseline (day 3 = day 2)",
-            "tested_positive_d2",
-            fold_matrix(baselines, "persistence_rmse"),
-        )
-    )
-    rows.append(
+            "persistence baseline (day D = day D-1)",
+            data.layout.last_known,
+            per_split(lambda _train, valid: persistence_predict(table, valid)),
+        ),
         Row(
             "covidreg ridge baseline (closed form, alpha 1)",
-            "strong (14)",
-            fold_matrix(baselines, "ridge_rmse"),
-        )
-    )
+            default,
+            per_split(
+                lambda train, valid: ridge_fit_predict(table, data.feature_names, train, valid)
+            ),
+        ),
+    ]
+
+
+def covidreg_rows(data_dir: Path, n_folds: int, n_seeds: int, tmp: Path) -> dict[str, list[Row]]:
+    """The covidreg configs on every protocol, then the baselines."""
+    rows: dict[str, list[Row]] = {p: [] for p in PROTOCOLS}
+    paths = {"train_csv": str(data_dir / "covid.train.csv"), "test_csv": ""}
+    for i, (label, config, overrides) in enumerate(CONFIGS):
+        cfg = resolve_config(ROOT / config, {**overrides, **paths, "fold_processes": 1})
+        data = load_data(cfg, with_test=False)
+        features = features_label(cfg, data)
+        start = time.perf_counter()
+        summaries = run_cv(config, overrides, data_dir, n_folds, n_seeds, tmp / str(i))
+        rows["cv"].append(Row(label, features, fold_matrix(summaries, "valid_rmse")))
+        for side, splits in holdouts(data).items():
+            rows[side].append(Row(label, features, holdout_rmse(cfg, data, splits, n_seeds)))
+        _progress(label, rows, f"{time.perf_counter() - start:.0f} s")
+        if label == DEFAULT_LABEL:
+            default_data, default_features = data, features
+    folds = make_folds(Config(**paths), default_data, n_folds)
+    for protocol, splits in {"cv": folds, **holdouts(default_data)}.items():
+        rows[protocol] += baseline_rows(default_data, splits, n_seeds, default_features)
     return rows
 
 
-def peer_rows(data_dir: Path, n_folds: int, n_seeds: int, jobs: int) -> list[Row]:
-    """Every peer on the default features, then on all 93, on the default config's folds.
+def peer_rows(data_dir: Path, n_folds: int, n_seeds: int, jobs: int) -> dict[str, list[Row]]:
+    """Every peer on every protocol, on the default features, then on all of them.
 
     The rows run in ``jobs`` processes; each row is one thread and seeded, so its numbers do
     not depend on how many run beside it.
     """
     cfg = Config(train_csv=str(data_dir / "covid.train.csv"), test_csv="")
     data = load_data(cfg, with_test=False)
-    folds = make_folds(cfg, data, n_folds)
+    splits = {"cv": make_folds(cfg, data, n_folds), **holdouts(data)}
     seeds = seed_list(cfg.seed, n_seeds)
-    default_names = data.feature_names
-    every = list(data.layout.feature_names)
+    layout, default_names = data.layout, data.feature_names
+    states = list(layout.preset("strong_states"))
+    # (label, names, RidgeCV only): the states with the strong features only for RidgeCV, the
+    # best 2021 future peer of the earlier measurements
+    sets = [
+        (features_label(cfg, data), default_names, False),
+        (f"strong_states ({len(states)})", states, True),
+        (f"all ({len(layout.feature_names)})", list(layout.feature_names), False),
+    ]
     tasks = [
-        (features, names, peer)
-        for features, names in (
-            (f"strong ({len(default_names)})", default_names),
-            (f"all ({len(every)})", every),
-        )
-        for peer in peer_variants(names, data.layout.last_known, names == default_names)
+        (protocol, features, names, peer)
+        for protocol in PROTOCOLS
+        for features, names, ridge_only in sets
+        for peer in peer_variants(names, layout.last_known, names == default_names)
+        if peer.name == RIDGE_PEER or not ridge_only
     ]
     start = time.perf_counter()
     # spawn: a fresh interpreter per worker, not a fork of one that has loaded torch's threads
     context = multiprocessing.get_context("spawn")
+    rows: dict[str, list[Row]] = {p: [] for p in PROTOCOLS}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         pending = [
-            pool.submit(peer_fold_rmse, peer, data.train, names, folds, seeds)
-            for _, names, peer in tasks
+            pool.submit(peer_fold_rmse, peer, data.train, names, splits[protocol], seeds)
+            for protocol, _, names, peer in tasks
         ]
-        rows = []
-        for (features, _, peer), future in zip(tasks, pending, strict=True):
-            rows.append(Row(peer.name, features, future.result()))
-            _progress(rows[-1], f"{time.perf_counter() - start:.0f} s into the peers")
+        for (protocol, features, _, peer), future in zip(tasks, pending, strict=True):
+            # a peer stopped on the scored rows is the optimistic protocol's: no rival
+            row = Row(peer.name, features, future.result(), peer=not peer.stop_on_valid)
+            rows[protocol].append(row)
+            _progress(peer.name, {protocol: rows[protocol]}, f"{time.perf_counter() - start:.0f} s")
     return rows
 
 
@@ -202,55 +273,102 @@ def peer_variants(names: list[str], last_known: str, default_features: bool) -> 
     return variants
 
 
-def _progress(row: Row, when: str) -> None:
-    print(
-        f"{row.label} [{row.features}]: {row.rmse.mean():.4f} ± {row.seed_std:.4f} ({when})",
-        file=sys.stderr,
-    )
+def _progress(label: str, rows: dict[str, list[Row]], when: str) -> None:
+    cells = [
+        f"{p} {r.rmse.mean():.4f} ± {r.seed_std:.4f}"
+        for p, rs in rows.items()
+        for r in rs[-1:]
+        if r.label == label
+    ]
+    print(f"{label}: {', '.join(cells)} ({when})", file=sys.stderr)
 
 
 def win_record(default: Row, row: Row) -> str:
-    """On how many folds covidreg's default has the lower seed-mean RMSE."""
-    wins = int(np.sum(default.fold_means < row.fold_means))
-    return f"wins {wins}/{len(row.fold_means)}"
+    """cv: on how many folds the default has the lower seed-mean RMSE; a hold-out: whether
+    it has, by how much, and whether the margin exceeds the larger seed spread of the two."""
+    if len(row.fold_means) > 1:
+        wins = int(np.sum(default.fold_means < row.fold_means))
+        return f"wins {wins}/{len(row.fold_means)}"
+    margin = float(row.rmse.mean() - default.rmse.mean())
+    spread = max(default.seed_std, row.seed_std)
+    verdict = "wins" if margin > 0 else "loses"
+    beyond = " (beyond seeds)" if abs(margin) > spread else " (within seeds)"
+    return f"{verdict} by {abs(margin):.4f}{beyond}"
 
 
-def tables(rows: list[Row], n_folds: int, n_seeds: int) -> str:
+def protocol_table(rows: list[Row], protocol: str, n_folds: int) -> list[str]:
     default = next(r for r in rows if r.label == DEFAULT_LABEL)
-    optimistic = next(r for r in rows if r.label == OPTIMISTIC_LABEL)
+    spread = "± folds | " if protocol == "cv" else ""
     lines = [
-        f"Blocked {n_folds}-fold cross-validation on covid.train.csv, valid RMSE of "
-        "tested_positive (lower is better), every row on the same folds. Seeded rows: mean over "
-        f"{n_seeds} seeds of the {n_folds}-fold mean; ± seeds is the std of the per-seed "
-        f"{n_folds}-fold means (seed luck), ± folds the std over folds of the seed-mean (how "
-        "much the days differ). The baselines and RidgeCV are one fit per fold: zero seed "
-        "spread. The last columns are covidreg default's record against the row, fold by fold: "
-        "as `covidreg cv` runs it (each fold early-stopped on a blocked tail of its training "
-        "rows, as the peers are, and only scored on its validation rows), and with `stop_on = "
-        "valid` (early-stopped on the scored rows themselves: optimistic).",
-        "",
-        "| model | features | cv RMSE | ± seeds | ± folds | covidreg default | "
-        "default, stop_on = valid |",
-        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+        f"| model | features | RMSE | ± seeds | {spread}covidreg default |",
+        "| --- | --- | ---: | ---: | " + ("---: | " if protocol == "cv" else "") + "--- |",
     ]
-    for r in rows:
-        records = ["-" if r is mine else win_record(mine, r) for mine in (default, optimistic)]
+    for r in sorted(rows, key=lambda r: r.rmse.mean()):
+        folds = f"{r.fold_std:.4f} | " if protocol == "cv" else ""
+        record = "-" if r is default else win_record(default, r)
         lines.append(
-            f"| {r.label} | {r.features} | {r.rmse.mean():.4f} | {r.seed_std:.4f} | "
-            f"{r.fold_std:.4f} | {records[0]} | {records[1]} |"
+            f"| {r.label} | {r.features} | {r.rmse.mean():.4f} | {r.seed_std:.4f} | {folds}"
+            f"{record} |"
         )
-    folds = range(1, n_folds + 1)
-    lines += [
-        "",
-        f"Per fold (seed-mean RMSE; fold 1 holds each state's earliest days, fold {n_folds} its "
-        "latest):",
-        "",
-        "| model | features | " + " | ".join(f"fold {k}" for k in folds) + " |",
-        "| --- | --- |" + " ---: |" * n_folds,
+    return lines
+
+
+def summary_table(editions: dict[str, dict[str, list[Row]]], n_folds: int) -> list[str]:
+    """The default against the best peer of each edition and protocol."""
+    lines = [
+        "| edition | protocol | covidreg default | best peer | its RMSE | default |",
+        "| --- | --- | ---: | --- | ---: | --- |",
     ]
-    for r in rows:
-        cells = " | ".join(f"{v:.4f}" for v in r.fold_means)
-        lines.append(f"| {r.label} | {r.features} | {cells} |")
+    for edition, by_protocol in editions.items():
+        for protocol, rows in by_protocol.items():
+            default = next(r for r in rows if r.label == DEFAULT_LABEL)
+            best = min((r for r in rows if r.peer), key=lambda r: r.rmse.mean())
+            title = PROTOCOL_TITLES[protocol].format(folds=n_folds).split(" (")[0]
+            lines.append(
+                f"| {edition} | {title} | {default.rmse.mean():.4f} ± {default.seed_std:.4f} | "
+                f"{best.label} [{best.features}] | {best.rmse.mean():.4f} ± {best.seed_std:.4f} "
+                f"| {win_record(default, best)} |"
+            )
+    return lines
+
+
+def tables(editions: dict[str, dict[str, list[Row]]], n_folds: int, n_seeds: int) -> str:
+    lines = [
+        "Every row of a table is scored on the same rows: RMSE of tested_positive (lower is "
+        f"better), mean over {n_seeds} seeds; ± seeds is the std of the per-seed means (seed "
+        "luck). The baselines and RidgeCV are one fit per split: zero seed spread.",
+        "",
+        f"- **blocked {n_folds}-fold cv**: fold k holds the k-th block of days of every "
+        "stretch of consecutive windows, the windows sharing a day with it purged; each "
+        "covidreg fold early-stops on a blocked tail of its training rows and is only scored on "
+        "its fold, as the peers are.",
+        f"- **future** and **past** hold-outs: per state, the last (first) {HOLDOUT_WINDOWS} "
+        "windows of its day order are held out and every window sharing a day with them is "
+        "dropped; a model trains on the rest as `covidreg train` trains on its file (covidreg: "
+        "its own blocked holdout of those rows to early-stop on) and is scored on the held-out "
+        "rows. A state whose training rows break into stretches (2022: up to 3 a state) has no "
+        "known order of them: neither its training rows nor the test windows share a day that "
+        "links two. Each stretch then gives the end (start) of its run of days, its share of "
+        f"the state's {HOLDOUT_WINDOWS} in proportion to its length "
+        "(`covidreg.splits.temporal_holdout`).",
+        "",
+        "The Kaggle test rows are days outside every training stretch (2021: no test window "
+        "shares a day with a training window; 2022: 36 of 1,078 do), so the hold-outs, days "
+        "no model has seen beyond the end of a stretch, are the protocols that resemble the "
+        "Kaggle test; blocked cv scores days between training days, with the training days "
+        "on both sides.",
+        "",
+        "Summary: covidreg default against the best peer (another library's model, stopped "
+        "on rows of its own, never on the scored ones) of each edition and protocol; a "
+        "hold-out's record says whether the margin exceeds the larger "
+        "of the two seed spreads.",
+        "",
+        *summary_table(editions, n_folds),
+    ]
+    for edition, by_protocol in editions.items():
+        for protocol, rows in by_protocol.items():
+            title = PROTOCOL_TITLES[protocol].format(folds=n_folds)
+            lines += ["", f"**{edition}, {title}**", "", *protocol_table(rows, protocol, n_folds)]
     cpu = platform.processor() or platform.machine()
     lines += [
         "",
@@ -276,7 +394,13 @@ def write_readme(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("COVIDREG_DATA_DIR", "data"))
+        "--data-dir", type=Path, default=Path(os.environ.get(EDITION_ENV["2021"], "data"))
+    )
+    parser.add_argument(
+        "--data-dir-2022",
+        type=Path,
+        default=Path(os.environ.get(EDITION_ENV["2022"], "data/2022")),
+        help="the 2022 files (skipped when absent)",
     )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
@@ -288,11 +412,18 @@ def main() -> None:
     )
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     args = parser.parse_args()
-    data_dir = args.data_dir.resolve()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = covidreg_rows(data_dir, args.folds, args.seeds, Path(tmp))
-    rows += peer_rows(data_dir, args.folds, args.seeds, max(1, args.jobs))
-    text = tables(rows, args.folds, args.seeds)
+    dirs = {"2021": args.data_dir, "2022": args.data_dir_2022}
+    editions: dict[str, dict[str, list[Row]]] = {}
+    for edition, data_dir in dirs.items():
+        data_dir = data_dir.resolve()
+        if edition != "2021" and not (data_dir / "covid.train.csv").exists():
+            print(f"no {edition} files in {data_dir}: skipped", file=sys.stderr)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = covidreg_rows(data_dir, args.folds, args.seeds, Path(tmp))
+        peers = peer_rows(data_dir, args.folds, args.seeds, max(1, args.jobs))
+        editions[edition] = {p: rows[p] + peers[p] for p in PROTOCOLS}
+    text = tables(editions, args.folds, args.seeds)
     print(text)
     if not args.no_write:
         write_readme(text)

@@ -50,7 +50,9 @@ AUTO_LR = "auto"
 # purge = "auto": the windows that share a day with a validation window (D - 1 on each side)
 AUTO_PURGE = "auto"
 #: Keys that take "auto" besides a number.
-AUTO_KEYS = ("lr", "purge")
+AUTO_KEYS = ("lr", "purge", "ridge_alpha")
+# ridge_alpha = "auto": each model's penalty chosen by leave-one-out on its own training rows
+AUTO_ALPHA = "auto"
 
 
 def _opt(default: Any, help: str, group: str) -> Any:
@@ -129,6 +131,14 @@ class Config:
         "standardised training rows and target: the model predicts (1 - w) * network + "
         "w * ridge. Early stopping watches the network alone; the valid RMSE is the blend's. "
         "0: the network alone, 1: the ridge alone.",
+        "model",
+    )
+    ridge_alpha: float = _opt(
+        1.0,
+        "Penalty of the ridge_blend's ridge regression on the standardised inputs, or auto: "
+        "for each model the one of 1e-3 ... 1e3 (13 values, two a decade) with the lowest "
+        "closed-form leave-one-out error on the model's own training rows, as scikit-learn's "
+        "RidgeCV chooses it.",
         "model",
     )
     batch_norm: bool = _opt(
@@ -486,6 +496,13 @@ def validate(cfg: Config) -> None:
     _require(0 <= cfg.momentum < 1, "momentum", "in [0, 1)", cfg.momentum)
     if cfg.scheduler == "plateau":  # torch's ReduceLROnPlateau needs a factor below 1
         _require(0 < cfg.gamma < 1, "gamma", "in (0, 1) with the plateau scheduler", cfg.gamma)
+    if cfg.ridge_alpha != AUTO_ALPHA:
+        _require(
+            math.isfinite(cfg.ridge_alpha) and cfg.ridge_alpha > 0,
+            "ridge_alpha",
+            "a positive number or auto",
+            cfg.ridge_alpha,
+        )
     _require(0 < cfg.gamma <= 1, "gamma", "in (0, 1]", cfg.gamma)
     for key in _FINITE_FLOATS:
         value = getattr(cfg, key)

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from covidreg.baselines import ridge_solve
-from covidreg.config import AUTO_LR, Config
+from covidreg.baselines import ridge_loo_alpha, ridge_solve
+from covidreg.config import AUTO_ALPHA, AUTO_LR, Config
 from covidreg.errors import CovidRegError
 from covidreg.layout import Layout
 from covidreg.loaders import HW01Dataset, make_loader
@@ -200,7 +200,7 @@ def build_member(
     if cfg.normalize:
         model.set_normalization(mean, std)
     if cfg.ridge_blend:
-        fit_ridge(model, train)
+        fit_ridge(model, train, cfg.ridge_alpha)
     device = resolve_device(cfg.device)
     masks = torch.Generator(device=device)
     if device.type == "cpu":
@@ -223,15 +223,18 @@ def build_member(
     )
 
 
-def fit_ridge(model: MLP, train: Arrays) -> None:
+def fit_ridge(model: MLP, train: Arrays, alpha: float | str) -> None:
     """The blend's ridge regression: on the rows and standardised inputs the network trains
     on, for its target (the change from the last known tested_positive with the delta
-    target)."""
+    target); ``alpha`` auto: its penalty by leave-one-out on those rows."""
     x = torch.from_numpy(train.x)
     target = train.y.astype(np.float64)
     if model.skip_index is not None:
         target = target - train.x[:, model.skip_index].astype(np.float64)
-    model.set_ridge(*ridge_solve(model.normalize(x).double().numpy(), target))
+    z = model.normalize(x).double().numpy()
+    if alpha == AUTO_ALPHA:
+        alpha = ridge_loo_alpha(z, target)
+    model.set_ridge(*ridge_solve(z, target, alpha))
 
 
 def stack_groups(cfg: Config, n_members: int) -> list[list[int]]:

@@ -117,6 +117,7 @@ class CovidRegressor(RegressorMixin, BaseEstimator):
         activation: str = _default("activation"),
         dropout: float = _default("dropout"),
         ridge_blend: float = _default("ridge_blend"),
+        ridge_alpha: float = _default("ridge_alpha"),
         init: str = _default("init"),
         init_a: float = _default("init_a"),
         init_b: float = _default("init_b"),

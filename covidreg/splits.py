@@ -246,3 +246,64 @@ def stopping_split(
     them dropped (the blocked holdout of the training rows), as row indices."""
     fit, stop = holdout_split(order.take(train_idx), "blocked", valid_ratio, 0, purge)
     return train_idx[fit], train_idx[stop]
+
+
+# --- temporal holdout ---------------------------------------------------------------------------
+
+SIDES = ("future", "past")
+
+
+def _windows_per_stretch(
+    order: DayOrder, states: np.ndarray, n_windows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's stretch's size and its share of its state's ``n_windows``: in proportion to
+    the sizes of the state's stretches, by largest remainder (ties to the lower stretch)."""
+    sizes = _stretch_sizes(order)
+    share: dict[int, int] = {}
+    for state in np.unique(states):
+        mine = np.unique(order.stretch[states == state])
+        size = np.array([np.sum(order.stretch == s) for s in mine], dtype=np.int64)
+        total = min(n_windows, int(size.sum()))
+        want = total * size / size.sum()
+        count = np.floor(want).astype(np.int64)
+        count[np.argsort(count - want, kind="stable")[: total - int(count.sum())]] += 1
+        share.update(zip(mine.tolist(), count.tolist(), strict=True))
+    return sizes, np.array([share[s] for s in order.stretch.tolist()], dtype=np.int64)
+
+
+def temporal_holdout(
+    order: DayOrder,
+    states: np.ndarray,
+    n_windows: int = 14,
+    side: str = "future",
+    purge: int | str = AUTO_PURGE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Days no model has seen: per state, the last (``side = "future"``) or first (``"past"``)
+    ``n_windows`` windows of its day order held out, the windows sharing a day with them
+    purged (``purge``, as the blocked splits), the rest to train on; row indices in day order.
+
+    A state whose rows break into several stretches (a 2022 file: the test windows taken out
+    between them) has no known order of its stretches: neither its training rows nor the test
+    windows link them. Each stretch is then a run of the state's days of its own, and gives the
+    end (or start) of its run, its share of the ``n_windows`` in proportion to its length. With
+    one stretch per state (the 2021 files) this is the state's last (first) ``n_windows``.
+    """
+    if side not in SIDES:
+        raise CovidRegError(f"temporal holdout side must be future or past, got {side!r}")
+    if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1:
+        raise CovidRegError(f"temporal holdout needs n_windows >= 1, got {n_windows!r}")
+    windows = resolve_purge(purge, order)
+    sizes, held = _windows_per_stretch(order, np.asarray(states), n_windows)
+    # measured from the held-out end: 0 at the stretch's last (future) or first (past) window
+    from_end = sizes - 1 - order.position if side == "future" else order.position
+    valid = from_end < held
+    near = (from_end < held + windows) & (held > 0)
+    train, valid_idx = _purged(
+        order, purge, (order.sorted(np.flatnonzero(~near)), order.sorted(np.flatnonzero(valid)))
+    )
+    if len(train) == 0:
+        raise CovidRegError(
+            f"temporal holdout of {n_windows} windows per state leaves no training rows; "
+            "hold out fewer windows"
+        )
+    return train, valid_idx

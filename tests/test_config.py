@@ -47,6 +47,7 @@ def every_field_changed() -> Config:
         "valid_ratio": 1 / 3,
         "dropout": 0.1,
         "ridge_blend": 0.25,
+        "ridge_alpha": 10.0,
         "init_a": -0.3,
         "init_b": 0.7,
         "init_mean": 0.01,
@@ -363,6 +364,19 @@ def test_a_bad_lr_says_a_number_or_auto() -> None:
 def test_lr_auto_refuses_a_separate_output_rate() -> None:
     with pytest.raises(CovidRegError, match="leave output_lr at 0"):
         resolve_config(None, {"lr": "auto", "output_lr": "0.01"})
+
+
+def test_ridge_alpha_auto_round_trips_and_a_bad_alpha_is_refused(tmp_path: Path) -> None:
+    cfg = resolve_config(None, {"ridge_alpha": "auto"})
+    assert cfg.ridge_alpha == "auto"
+    path = write_toml(tmp_path, to_toml(cfg, only_changed=True))
+    assert path.read_text() == '# model\nridge_alpha = "auto"\n'
+    assert resolve_config(path) == cfg
+    assert resolve_config(None, {"ridge_alpha": "10"}).ridge_alpha == 10.0
+    with pytest.raises(CovidRegError, match="'ridge_alpha' must be a positive number or auto"):
+        resolve_config(None, {"ridge_alpha": "0"})
+    with pytest.raises(CovidRegError, match="'ridge_alpha' in command-line flags must be a number"):
+        resolve_config(None, {"ridge_alpha": "loo"})
 
 
 def test_config_from_takes_a_config_a_toml_file_or_a_dict_then_python_values(

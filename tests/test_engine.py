@@ -627,6 +627,37 @@ def test_the_blend_is_the_network_and_a_ridge_fitted_on_its_rows(weight: float) 
     assert blended.result.network_mse == alone.result.best_valid_mse == alone.result.network_mse
 
 
+@pytest.mark.parametrize("alpha", [10.0, "auto"])
+def test_the_blends_ridge_alpha_is_the_configs_or_ridgecvs_choice(alpha: float | str) -> None:
+    from sklearn.linear_model import Ridge, RidgeCV
+
+    from covidreg.baselines import RIDGE_ALPHAS
+
+    cfg = config(patience=5, ridge_blend=0.5, ridge_alpha=alpha)
+    members = make_members(cfg)
+    model, train = members[0].model, members[0].train
+    z = model.normalize(torch.from_numpy(train.x)).double().numpy()
+    target = train.y - train.x[:, NAMES.index("tested_positive_d2")]
+    if alpha == "auto":  # scikit-learn's efficient leave-one-out over the same grid
+        alpha = RidgeCV(alphas=RIDGE_ALPHAS).fit(z, target).alpha_
+        assert alpha != 1.0  # the grid's choice on these rows, not the fixed default
+    reference = Ridge(alpha=alpha).fit(z, target)
+    np.testing.assert_allclose(model.ridge_weight.numpy(), reference.coef_, rtol=1e-5, atol=1e-6)
+    assert float(model.ridge_bias) == pytest.approx(reference.intercept_, rel=1e-6)
+
+
+def test_ridge_loo_alpha_is_ridgecvs_alpha_on_other_rows() -> None:
+    from sklearn.linear_model import RidgeCV
+
+    from covidreg.baselines import RIDGE_ALPHAS, ridge_loo_alpha
+
+    rng = np.random.default_rng(3)
+    for noise in (0.1, 3.0, 30.0):
+        z = rng.normal(size=(80, 6))
+        y = z @ rng.normal(size=6) + rng.normal(0, noise, 80) + 5.0
+        assert ridge_loo_alpha(z, y) == RidgeCV(alphas=RIDGE_ALPHAS).fit(z, y).alpha_
+
+
 def test_without_a_blend_the_model_has_no_ridge_buffers() -> None:
     (fitted,) = fit_members(config(), make_members(config()))
     assert set(fitted.model.state_dict()) == {

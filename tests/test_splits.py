@@ -17,6 +17,7 @@ from covidreg.splits import (
     RandomKFold,
     holdout_split,
     make_kfold,
+    temporal_holdout,
 )
 from tests.conftest import windows_order
 
@@ -308,3 +309,74 @@ def test_the_stopping_split_is_the_blocked_tail_of_the_training_rows() -> None:
         stop = position[stop_idx[states[stop_idx] == state]]
         # 13 training days: the last 3 (round(13 x 0.25)) stop, 2 purged before them
         assert list(stop) == [10, 11, 12] and list(fit) == list(range(8))
+
+
+# --- temporal holdout ----------------------------------------------------------------------------
+
+
+def two_stretch_state() -> tuple[DayOrder, np.ndarray]:
+    """State 0 in one stretch of 30 windows; state 1 broken into stretches of 20 and 10
+    windows whose relative order no shared day tells (as in the 2022 files)."""
+    sizes, states = [30, 20, 10], np.array([0, 1, 1])
+    stretch = np.repeat(np.arange(3), sizes)
+    position = np.concatenate([np.arange(n) for n in sizes])
+    days = (stretch * 100_000 + position)[:, None] + np.arange(3)
+    return DayOrder(stretch, position, days, source="data"), states[stretch]
+
+
+@pytest.mark.parametrize("side", ["future", "past"])
+def test_temporal_holdout_holds_each_states_end_and_purges_its_neighbours(side: str) -> None:
+    order = grouped_states([17, 23, 30])
+    train, valid = temporal_holdout(order, order.stretch, 5, side)
+    sizes = np.array([17, 23, 30])[order.stretch]
+    from_end = sizes - 1 - order.position if side == "future" else order.position
+    np.testing.assert_array_equal(np.sort(valid), np.flatnonzero(from_end < 5))
+    # the D - 1 = 2 windows next to the block share a day with it: out of training
+    np.testing.assert_array_equal(np.sort(train), np.flatnonzero(from_end >= 7))
+    assert overlap_days(order, train, valid) == set()
+
+
+def test_temporal_holdout_shares_a_states_windows_over_its_stretches() -> None:
+    order, states = two_stretch_state()
+    _, valid = temporal_holdout(order, states, 14, "future", purge=2)
+    held = np.bincount(order.stretch[valid], minlength=3)
+    # state 1's 14: 14 * 20/30 = 9.3 and 14 * 10/30 = 4.7, by largest remainder 9 and 5
+    np.testing.assert_array_equal(held, [14, 9, 5])
+    sizes = np.array([30, 20, 10])[order.stretch[valid]]
+    assert np.all(order.position[valid] >= sizes - held[order.stretch[valid]])
+
+
+def test_temporal_holdout_is_the_same_windows_for_shuffled_rows() -> None:
+    order, states = two_stretch_state()
+    perm = np.random.default_rng(0).permutation(len(order))
+    shuffled = DayOrder(order.stretch[perm], order.position[perm], order.days[perm], "data")
+    for side in ("future", "past"):
+        train, valid = temporal_holdout(order, states, 14, side)
+        train_s, valid_s = temporal_holdout(shuffled, states[perm], 14, side)
+        np.testing.assert_array_equal(perm[train_s], train)  # and in day order
+        np.testing.assert_array_equal(perm[valid_s], valid)
+
+
+def test_temporal_holdout_purges_any_window_sharing_a_day() -> None:
+    order = grouped_states([12, 12])
+    days = order.days.copy()
+    days[0] = days[23]  # state 0's first window holds state 1's last days (a stretch broke)
+    order = DayOrder(order.stretch, order.position, days, "data")
+    train, valid = temporal_holdout(order, order.stretch, 3, "future")
+    assert 23 in valid and 0 not in train
+    train, _ = temporal_holdout(order, order.stretch, 3, "future", purge=2)
+    assert 0 in train  # a number of windows is only that number
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"side": "later"}, "side must be future or past"),
+        ({"n_windows": 0}, "n_windows >= 1"),
+        ({"n_windows": 11}, "leaves no training rows"),
+    ],
+)
+def test_temporal_holdout_rejects_bad_arguments(kwargs: dict, message: str) -> None:
+    order = grouped_states([10, 10])
+    with pytest.raises(CovidRegError, match=message):
+        temporal_holdout(order, order.stretch, **kwargs)
