@@ -1,11 +1,11 @@
-"""Regenerate the README's Results tables: blocked 5-fold cv RMSE over 3 seeds, covidreg and peers.
+"""Regenerate the Results tables of docs/results.md: blocked 5-fold cv RMSE over 3 seeds, peers too.
 
 Each covidreg configuration runs as ``covidreg cv --folds 5 --split blocked --seeds 3`` in its
 own process; the persistence and ridge baselines come from the same folds. The peers
 (``peers.py``: scikit-learn, skorch, LightGBM) run here on exactly those folds (covidreg's
 ``make_folds`` for the default config) with the default config's seeds, on covidreg's default
 features and on all 93. The tables replace the text between the ``<!-- results:start -->`` and
-``<!-- results:end -->`` markers of README.md (``--no-write`` only prints them).
+``<!-- results:end -->`` markers of docs/results.md (``--no-write`` only prints them).
 
     python bench/results.py --data-dir ../shared/hw01
 """
@@ -257,17 +257,17 @@ def tables(rows: list[Row], n_folds: int, n_seeds: int) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    content = readme.read_text()
+def write_results(text: str) -> None:
+    page = ROOT / "docs" / "results.md"
+    content = page.read_text()
     if START not in content or END not in content:
-        sys.exit(f"README.md has no {START} ... {END} markers")
+        sys.exit(f"docs/results.md has no {START} ... {END} markers")
     head, rest = content.split(START, 1)
     _, tail = rest.split(END, 1)
-    tmp_path = readme.with_suffix(".md.tmp")
+    tmp_path = page.with_suffix(".md.tmp")
     tmp_path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
-    os.replace(tmp_path, readme)
-    print("README.md updated", file=sys.stderr)
+    os.replace(tmp_path, page)
+    print("docs/results.md updated", file=sys.stderr)
 
 
 def main() -> None:
@@ -292,7 +292,7 @@ def main() -> None:
     text = tables(rows, args.folds, args.seeds)
     print(text)
     if not args.no_write:
-        write_readme(text)
+        write_results(text)
 
 
 if __name__ == "__main__":
