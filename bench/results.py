@@ -10,7 +10,7 @@ scored on the held-out rows. The persistence and ridge baselines come from the s
 peers (``peers.py``: scikit-learn, skorch, LightGBM) run here on exactly those rows with the
 default config's seeds, on covidreg's default features and on all of them. The tables replace
 the text between the ``<!-- results:start -->`` and ``<!-- results:end -->`` markers
-(``--no-write`` only prints them).
+of docs/results.md (``--no-write`` only prints them).
 
     python bench/results.py --data-dir ../shared/hw01 --data-dir-2022 ../shared/hw01-2022
 """
@@ -378,17 +378,17 @@ def tables(editions: dict[str, dict[str, list[Row]]], n_folds: int, n_seeds: int
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    content = readme.read_text()
+def write_results(text: str) -> None:
+    page = ROOT / "docs" / "results.md"
+    content = page.read_text()
     if START not in content or END not in content:
-        sys.exit(f"README.md has no {START} ... {END} markers")
+        sys.exit(f"docs/results.md has no {START} ... {END} markers")
     head, rest = content.split(START, 1)
     _, tail = rest.split(END, 1)
-    tmp_path = readme.with_suffix(".md.tmp")
+    tmp_path = page.with_suffix(".md.tmp")
     tmp_path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
-    os.replace(tmp_path, readme)
-    print("README.md updated", file=sys.stderr)
+    os.replace(tmp_path, page)
+    print("docs/results.md updated", file=sys.stderr)
 
 
 def main() -> None:
@@ -426,7 +426,7 @@ def main() -> None:
     text = tables(editions, args.folds, args.seeds)
     print(text)
     if not args.no_write:
-        write_readme(text)
+        write_results(text)
 
 
 if __name__ == "__main__":

@@ -589,7 +589,7 @@ _GROUP_TITLES = {
 
 
 def config_reference() -> str:
-    """The README's config reference: every key, its flag, default and meaning (Markdown)."""
+    """The docs' config reference: every key, its flag, default and meaning (Markdown)."""
     defaults = Config()
     lines: list[str] = []
     group = None
