@@ -25,13 +25,15 @@ from covidreg.dayorder import DayOrder
 from covidreg.errors import CovidRegError
 
 
+def _check_purge(purge: int | str) -> None:
+    if purge != AUTO_PURGE and (isinstance(purge, bool) or not isinstance(purge, int) or purge < 0):
+        raise CovidRegError(f"purge must be auto or an integer >= 0, got {purge!r}")
+
+
 def resolve_purge(purge: int | str, order: DayOrder) -> int:
     """Windows dropped on each side of a validation block; auto: D - 1, those sharing a day."""
-    if purge == AUTO_PURGE:
-        return order.n_days - 1
-    if isinstance(purge, bool) or not isinstance(purge, int) or purge < 0:
-        raise CovidRegError(f"purge must be auto or an integer >= 0, got {purge!r}")
-    return purge
+    _check_purge(purge)
+    return order.n_days - 1 if purge == AUTO_PURGE else int(purge)
 
 
 def _purged(
@@ -98,8 +100,7 @@ class BlockedKFold:
     """
 
     def __init__(self, n_splits: int = 5, purge: int | str = AUTO_PURGE) -> None:
-        if purge != AUTO_PURGE and (not isinstance(purge, int) or purge < 0):
-            raise CovidRegError(f"purge must be auto or an integer >= 0, got {purge!r}")
+        _check_purge(purge)
         self.n_splits = _check_n_splits(n_splits)
         self.purge = purge
 
