@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 export COVIDREG_DATA_DIR ?= $(CURDIR)/data
 export COVIDREG_DATA_DIR_2022 ?= $(CURDIR)/data/2022
 TORCH_VERSION ?= 2.13.0
+# Which edition make train and make cv use: auto (the one in the data directory), 2021, 2022, 2023.
+EDITION ?= auto
 
 .PHONY: install train cv test test-fast lint format bench results docs docs-build clean
 
@@ -23,13 +25,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make train` trains on whichever edition's files the data directory holds, fetching the 2021
+# files only when it holds none; `make train EDITION=2023` fetches and trains on that edition's
+# (a file of another edition is never fetched over).
 train: install
-	$(COVIDREG) fetch
-	$(COVIDREG) train
+	$(COVIDREG) fetch --if-missing --edition $(EDITION)
+	$(COVIDREG) train --edition $(EDITION)
 
 cv: install
-	$(COVIDREG) fetch
-	$(COVIDREG) cv --folds 5
+	$(COVIDREG) fetch --if-missing --edition $(EDITION)
+	$(COVIDREG) cv --folds 5 --edition $(EDITION)
 
 test: install
 	$(PY) -m pytest

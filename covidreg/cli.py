@@ -425,9 +425,13 @@ def predict_command(
         ),
     ],
     test_csv: Annotated[
-        Path,
-        typer.Option(help="CSV to predict (test format; a training-format file is also scored)."),
-    ] = Path("data/covid.test.csv"),
+        str,
+        typer.Option(
+            help="CSV to predict (test format; a training-format file is also scored); auto: "
+            "the test file of the model's edition in the data directory ($COVIDREG_DATA_DIR, "
+            "else data/).",
+        ),
+    ] = "auto",
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Where to write id,tested_positive.")
     ] = Path("pred.csv"),
@@ -638,9 +642,10 @@ def fetch(
             "--edition",
             "-e",
             help="Which year's files: 2021 (ml2021spring-hw1), 2022 or 2023 (whose files are "
-            "covid_train.csv and covid_test.csv).",
+            "covid_train.csv and covid_test.csv); auto: the edition already in the data "
+            "directory, else the one a --from folder holds, else 2021.",
         ),
-    ] = "2021",
+    ] = "auto",
     dest: Annotated[
         Optional[Path],  # noqa: UP045 - Typer reads it
         typer.Option(
@@ -682,7 +687,18 @@ def fetch(
     force: Annotated[
         bool,
         typer.Option(
-            "--force", "-f", help="Fetch the files again even if verified copies are there."
+            "--force",
+            "-f",
+            help="Fetch the files again even if verified copies are there (a file of another "
+            "edition is never replaced).",
+        ),
+    ] = False,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            "--if-missing",
+            help="Fetch only when the edition's training file is not there; a file there is "
+            "used as it is, unchecked (make train).",
         ),
     ] = False,
     quiet: QuietOpt = False,
@@ -720,7 +736,13 @@ def fetch(
         source = source_from(url_base, from_dir)
         with bars:
             files = fetch_files(
-                data_dir() if dest is None else dest, source, verify, force, on_progress, edition
+                data_dir() if dest is None else dest,
+                source,
+                verify,
+                force,
+                on_progress,
+                edition,
+                if_missing,
             )
     for file in files:
         out_console.print(file.summary(), markup=False, style=None if file.verified else "yellow")

@@ -24,12 +24,12 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, ClassVar
 
 from covidreg.artifacts import atomic_path
-from covidreg.datadir import FILE_NAMES
+from covidreg.datadir import AUTO, FILE_NAMES
 from covidreg.errors import CovidRegError
 
 #: The ways to get the data, for every message about missing or unreachable HW01 files.
@@ -94,7 +94,10 @@ EDITION_FILES: dict[str, tuple[HW01File, HW01File]] = {
         ),
     ),
 }
+#: The edition fetched when neither ``--edition`` nor the files at hand name one.
 DEFAULT_EDITION = "2021"
+#: Each edition's Kaggle competition, for the messages that name where to submit.
+COMPETITIONS = {edition: f"ml{edition}spring-hw1" for edition in EDITION_FILES}
 
 #: ``on_progress(file_name, bytes_so_far, bytes_total_or_None)`` after each chunk.
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -115,15 +118,16 @@ class FetchedFile:
     sha256: str
     size: int  # bytes
     verified: bool  # the sha256 is the published one
+    edition: str = DEFAULT_EDITION
 
     def summary(self) -> str:
         action = (
             "already present" if self.action == "present" else f"{self.action} from {self.origin}"
         )
         check = (
-            "verified" if self.verified else "sha256 differs from the published file (--no-verify)"
+            "verified" if self.verified else "sha256 differs from the published file, kept as it is"
         )
-        return f"{self.path}: {action}, {check}"
+        return f"{self.path} ({self.edition}): {action}, {check}"
 
 
 def _one_line(text: object, limit: int = 200) -> str:
@@ -252,10 +256,14 @@ class FolderSource:
         if not self.folder.is_dir():
             raise CovidRegError(f"--from {self.folder} does not exist; {DATA_HELP}")
         if not path.is_file():
-            raise CovidRegError(
-                f"--from {self.folder} has no {file.name}; pass the folder holding the "
-                "edition's training and test files (--edition names the edition)"
+            found = editions_in(self.folder)
+            hint = (
+                f"it holds the {' and '.join(found)} files: pass --edition {found[0]}"
+                if found
+                else "pass the folder holding the edition's training and test files (--edition "
+                "names the edition)"
             )
+            raise CovidRegError(f"--from {self.folder} has no {file.name}; {hint}")
         try:
             with path.open("rb") as src:
                 _copy_stream(src, out, path.stat().st_size, report)
@@ -286,6 +294,70 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def edition_of(path: Path) -> str | None:
+    """The edition an HW01 file is from: the one whose published copy it is, else the one its
+    header's layout is (a copy saved again); None for any other file."""
+    from covidreg.layout import parse_header
+
+    digest = file_sha256(path)
+    for edition, files in EDITION_FILES.items():
+        if any(f.name == path.name and digest in f.sha256 for f in files):
+            return edition
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            header = handle.readline().strip().split(",")
+        edition = parse_header(header, has_target="train" in path.name)[0].edition
+    except (OSError, CovidRegError):
+        return None
+    return edition if edition in EDITION_FILES else None
+
+
+def editions_in(folder: Path) -> list[str]:
+    """The editions whose training file ``folder`` holds (by name, then sha256 or header)."""
+    names = sorted({files[0].name for files in EDITION_FILES.values()})
+    found = [edition_of(folder / name) for name in names if (folder / name).is_file()]
+    return sorted({edition for edition in found if edition is not None})
+
+
+def resolve_edition(edition: str, dest: Path, source: Source) -> str:
+    """``edition``, or for ``auto`` the one the data directory already holds, else the one a
+    ``--from`` folder holds, else 2021."""
+    if edition != AUTO:
+        if edition not in EDITION_FILES:
+            raise CovidRegError(
+                f"unknown edition {edition!r}; use auto, {', '.join(EDITION_FILES)} (the Kaggle "
+                f"competitions {', '.join(COMPETITIONS.values())})"
+            )
+        return edition
+    for folder, what in ((dest, "the data directory"), (_folder_of(source), "--from")):
+        found = editions_in(folder) if folder is not None and folder.is_dir() else []
+        if len(found) > 1:
+            raise CovidRegError(
+                f"{what} {folder} holds the files of {' and '.join(found)}; pass --edition to "
+                "name the one to fetch"
+            )
+        if found:
+            return found[0]
+    return DEFAULT_EDITION
+
+
+def _folder_of(source: Source) -> Path | None:
+    return source.folder if isinstance(source, FolderSource) else None
+
+
+def _check_not_other_edition(file: HW01File, path: Path, edition: str) -> None:
+    """A student's file of another edition is never fetched over, not even with --force."""
+    if not path.is_file():
+        return
+    other = edition_of(path)
+    if other is not None and other != edition:
+        raise CovidRegError(
+            f"{path} is the {other} {file.name}, not the {edition} one; pass --edition {other} "
+            f"to use it, or fetch the {edition} files into another folder with --dest (a file "
+            "of another edition is never replaced)"
+        )
 
 
 def _present(file: HW01File, path: Path, verify: bool, force: bool) -> FetchedFile | None:
@@ -355,28 +427,34 @@ def fetch_files(
     verify: bool = True,
     force: bool = False,
     on_progress: ProgressCallback | None = None,
-    edition: str = DEFAULT_EDITION,
+    edition: str = AUTO,
+    if_missing: bool = False,
 ) -> list[FetchedFile]:
     """Put ``edition``'s training and test files into ``dest``, each checked against its
     sha256.
 
-    Files already there are kept when they verify (or always with ``verify=False``); ``force``
-    fetches them again. ``source`` defaults to the course's Google Drive copies. A file replaces
-    its destination only once complete and verified; on any failure a CovidRegError says why.
+    ``edition`` ``auto``: the edition whose files ``dest`` already holds, else the one a folder
+    ``source`` holds, else 2021. Files already there are kept when they verify (or always with
+    ``verify=False``); ``force`` fetches them again, but a file of another edition is never
+    replaced. ``if_missing``: nothing is fetched or checked when the edition's training file is
+    there already. ``source`` defaults to the course's Google Drive copies. A file replaces its
+    destination only once complete and verified; on any failure a CovidRegError says why.
     """
-    if edition not in EDITION_FILES:
-        raise CovidRegError(
-            f"unknown edition {edition!r}; use {', '.join(EDITION_FILES)} (the Kaggle "
-            "competitions ml2021spring-hw1, ml2022spring-hw1, ml2023spring-hw1)"
-        )
-    files = EDITION_FILES[edition]
     dest = Path(dest)
     source = DriveSource() if source is None else source
+    edition = resolve_edition(edition, dest, source)
+    files = EDITION_FILES[edition]
+    for file in files:
+        _check_not_other_edition(file, dest / file.name, edition)
+    if if_missing and (dest / files[0].name).is_file():
+        verify, force = False, False
+        files = tuple(file for file in files if (dest / file.name).is_file())
     # Check every file already there first, so a refused one stops the fetch before any download.
     present = {file.name: _present(file, dest / file.name, verify, force) for file in files}
     if any(found is None for found in present.values()):
         _check_data_dir(dest)
-    return [
+    fetched = [
         present[file.name] or _fetch_one(file, dest / file.name, source, verify, on_progress)
         for file in files
     ]
+    return [replace(file, edition=edition) for file in fetched]

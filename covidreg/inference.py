@@ -13,6 +13,7 @@ import torch
 
 from covidreg import artifacts
 from covidreg.config import Config, from_dict
+from covidreg.datadir import AUTO, data_dir, default_paths
 from covidreg.engine import predict
 from covidreg.errors import CovidRegError
 from covidreg.layout import EARLIER_LAYOUT, EDITIONS, Layout
@@ -127,6 +128,7 @@ class PredictResult:
     scores: dict[str, float] | None
     per_model: list[dict[str, Any]]
     members: str = "model"  # what the models are: model, fold models, seed models, ...
+    csv: Path | None = None  # the file predicted
 
 
 def ensemble_members(root: str | Path, models: list[LoadedModel]) -> str:
@@ -141,12 +143,36 @@ def ensemble_members(root: str | Path, models: list[LoadedModel]) -> str:
     return " x ".join(part.rsplit("_", 1)[0] for part in parts) + " models"
 
 
-def run_predict(model_path: str | Path, csv_path: str | Path, out: str | Path) -> PredictResult:
+def default_test_csv(models: list[LoadedModel]) -> str:
+    """The test file of the models' edition in the data directory ($COVIDREG_DATA_DIR, else
+    data/): what ``--test-csv auto`` names."""
+    edition = models[0].layout.edition
+    if edition not in EDITIONS:
+        raise CovidRegError(
+            f"model {models[0].path} was trained on a {models[0].layout.describe()}, which names "
+            "no test file in the data directory; pass the file to predict with --test-csv"
+        )
+    test_csv = default_paths(edition)[1]
+    if not Path(test_csv).is_file():
+        raise CovidRegError(
+            f"model {models[0].path} was trained on the {edition} files, and the data directory "
+            f"{data_dir()} has no {Path(test_csv).name}; pass the file to predict with "
+            f"--test-csv, or set $COVIDREG_DATA_DIR to the folder holding it"
+        )
+    return test_csv
+
+
+def run_predict(
+    model_path: str | Path, csv_path: str | Path = AUTO, out: str | Path = "pred.csv"
+) -> PredictResult:
     """``covidreg predict``: validate, predict, and write ``id,tested_positive`` atomically.
 
-    A training-format CSV (with the target column) is also scored: RMSE and MAE.
+    ``csv_path`` ``auto``: the test file of the model's edition in the data directory. A
+    training-format CSV (with the target column) is also scored: RMSE and MAE.
     """
     models = load_models(model_path)
+    if str(csv_path) == AUTO:
+        csv_path = default_test_csv(models)
     table = read_hw01_csv(csv_path, require_target=None, what="CSV")
     out = Path(out)
     artifacts.check_output_target(out.parent, "output directory")
@@ -162,4 +188,4 @@ def run_predict(model_path: str | Path, csv_path: str | Path, out: str | Path) -
             single = ensemble_predict([loaded], table)
             per_model.append({"model": str(loaded.path), **score(single, table.target)})
     members = ensemble_members(model_path, models)
-    return PredictResult(out, len(table), len(models), scores, per_model, members)
+    return PredictResult(out, len(table), len(models), scores, per_model, members, Path(csv_path))

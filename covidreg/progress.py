@@ -391,7 +391,10 @@ def predict_summary(result: Any, quiet: bool) -> None:
     if not quiet:
         n = result.n_models
         what = "model" if n == 1 else f"ensemble of {n} {result.members}"
-        err_console.print(f"predicted {result.n_rows} rows with the {what}")
+        source = "" if result.csv is None else f" of {result.csv}"
+        err_console.print(
+            f"predicted {result.n_rows} rows{source} with the {what}", markup=False, soft_wrap=True
+        )
         for row in result.per_model:
             err_console.print(f"  {row['model']}: RMSE {row['rmse']:.5f}  MAE {row['mae']:.5f}")
     line = f"wrote {result.out} ({result.n_rows} rows)"

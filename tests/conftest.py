@@ -7,6 +7,7 @@ i+1's day-2 values), and a target that depends on the cli family and the previou
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -160,30 +161,61 @@ def hw01_files(tmp_path: Path) -> dict[str, Path]:
     return {"train": train, "test": test, "dir": tmp_path}
 
 
-def _real_dir(variable: str, year: str) -> Path:
-    """The real files of ``year``, from ``variable``.
+def _edition_in(folder: Path, year: str) -> str | None:
+    """Why ``folder`` does not hold the published ``year`` files, or None when it does."""
+    from covidreg.datadir import FILE_NAMES
+    from covidreg.fetch import EDITION_FILES, file_sha256
 
-    CI sets it, so a real-data test never passes by being skipped there: outside CI a missing
-    variable skips, inside CI (CI=true) it fails.
+    for name, file in zip(FILE_NAMES[year], EDITION_FILES[year], strict=True):
+        path = folder / name
+        if not path.is_file():
+            return f"{folder} holds no {name}"
+        if file_sha256(path) not in file.sha256:
+            return f"{path} is not the published {year} {name} (its sha256 differs)"
+    return None
+
+
+@functools.cache
+def _folder_holding(year: str, folders: tuple[Path, ...]) -> tuple[Path | None, str]:
+    """The first of ``folders`` holding the published ``year`` files; or None and why not."""
+    reasons = []
+    for folder in folders:
+        reason = _edition_in(folder, year)
+        if reason is None:
+            return folder, ""
+        reasons.append(reason)
+    return None, "; ".join(reasons)
+
+
+def real_files(variable: str, year: str) -> Path:
+    """The real files of ``year``, or a skip that says why they are not there.
+
+    CI (CI=true) sets the variables to the shared copies, so a real-data test never passes by
+    being skipped there: inside CI an absent or other file fails.
     """
-    value = os.environ.get(variable)
-    if not value:
-        if os.environ.get("CI"):
-            pytest.fail(f"{variable} is not set in CI: the real-data tests must run")
-        pytest.skip(f"set {variable} to the directory holding the {year} covid.train.csv")
-    path = Path(value)
-    if not (path / "covid.train.csv").is_file():
-        pytest.fail(f"{variable}={value} does not hold covid.train.csv")
-    return path
+    # the edition's own variable, else the data directory when it holds that edition
+    values = [os.environ.get(variable), os.environ.get(REAL_DATA_ENV)]
+    folders = tuple(dict.fromkeys(Path(value) for value in values if value))
+    folder, reason = _folder_holding(year, folders) if folders else (None, f"{variable} is not set")
+    if folder is not None:
+        return folder
+    if os.environ.get("CI"):
+        pytest.fail(f"the real-data tests must run in CI: {reason}")
+    edition = "" if year == "2021" else f" --edition {year}"
+    pytest.skip(
+        f"no {year} HW01 files ({reason}): run 'covidreg fetch{edition} --dest DIR' and set "
+        f"{variable}=DIR"
+    )
 
 
 @pytest.fixture
 def real_data_dir() -> Path:
     """The real 2021 HW01 files, from COVIDREG_DATA_DIR."""
-    return _real_dir(REAL_DATA_ENV, "2021")
+    return real_files(REAL_DATA_ENV, "2021")
 
 
 @pytest.fixture
 def real_2022_dir() -> Path:
-    """The real 2022 HW01 files, from COVIDREG_DATA_DIR_2022."""
-    return _real_dir(REAL_DATA_2022_ENV, "2022")
+    """The real 2022 HW01 files, from COVIDREG_DATA_DIR_2022 (or COVIDREG_DATA_DIR when it
+    holds them)."""
+    return real_files(REAL_DATA_2022_ENV, "2022")

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from covidreg import fetch
 from covidreg.cli import app
+from covidreg.datadir import FILE_NAMES
 from covidreg.errors import CovidRegError
 from covidreg.fetch import (
     DATA_HELP,
@@ -30,6 +31,8 @@ from covidreg.fetch import (
     fetch_files,
     source_from,
 )
+from covidreg.layout import EDITIONS
+from tests.conftest import synthetic_rows, write_hw01_csv
 
 runner = CliRunner()
 NAMES = ("covid.train.csv", "covid.test.csv")
@@ -135,7 +138,7 @@ def test_mirror_download_is_verified_and_complete(
     assert (
         files[0]
         .summary()
-        .endswith("covid.train.csv: downloaded from " + mirror.url_base + ", verified")
+        .endswith("covid.train.csv (2021): downloaded from " + mirror.url_base + ", verified")
     )
 
 
@@ -246,7 +249,7 @@ def test_verified_files_already_present_are_not_fetched_again(
         (dest / name).write_bytes(contents[name])
     files = fetch_files(dest, MirrorSource(mirror.url_base))
     assert [(f.action, f.verified) for f in files] == [("present", True)] * 2
-    assert files[0].summary() == f"{dest / 'covid.train.csv'}: already present, verified"
+    assert files[0].summary() == f"{dest / 'covid.train.csv'} (2021): already present, verified"
     assert mirror.requests == []
 
     fetch_files(dest, MirrorSource(mirror.url_base), force=True)
@@ -314,6 +317,121 @@ def test_source_from_options() -> None:
 def test_published_sums_match_the_real_files(real_data_dir: Path, tmp_path: Path) -> None:
     files = fetch_files(tmp_path / "data", FolderSource(real_data_dir))
     assert all(f.verified for f in files)
+
+
+# --- which edition ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def editions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A Kaggle-like folder of synthetic files for each edition, under that edition's names and
+    registered as its published files."""
+    folders = {}
+    for i, (edition, files) in enumerate(fetch.EDITION_FILES.items()):
+        layout = EDITIONS[edition]
+        folder = tmp_path / f"kaggle-{edition}"
+        folder.mkdir()
+        train, test = (folder / file.name for file in files)
+        write_hw01_csv(train, synthetic_rows(3, 12, seed=i, layout=layout), layout=layout)
+        rows = synthetic_rows(3, 4, seed=10 + i, layout=layout)
+        write_hw01_csv(test, rows, with_target=False, layout=layout)
+        known = tuple(
+            replace(file, sha256=(hashlib.sha256(path.read_bytes()).hexdigest(),))
+            for file, path in zip(files, (train, test), strict=True)
+        )
+        monkeypatch.setitem(fetch.EDITION_FILES, edition, known)
+        folders[edition] = folder
+    return folders
+
+
+@pytest.mark.parametrize("edition", ["2021", "2022", "2023"])
+def test_auto_edition_is_the_one_a_folder_holds(editions: dict[str, Path], edition: str) -> None:
+    dest = editions[edition].parent / "data"
+    files = fetch_files(dest, FolderSource(editions[edition]))
+    assert [(f.path.name, f.edition, f.verified) for f in files] == [
+        (name, edition, True) for name in FILE_NAMES[edition]
+    ]
+    # then auto keeps the data directory's edition, whatever folder is named
+    again = fetch_files(dest, FolderSource(editions["2021" if edition != "2021" else "2022"]))
+    assert [(f.action, f.edition) for f in again] == [("present", edition)] * 2
+
+
+def test_edition_of_a_file_saved_again_is_read_from_its_header(editions: dict[str, Path]) -> None:
+    path = editions["2022"] / "covid.train.csv"
+    assert fetch.edition_of(path) == "2022"
+    path.write_bytes(corrupted(path.read_bytes()))
+    assert fetch.edition_of(path) == "2022", "the header says 2022 although the sum differs"
+    other = editions["2022"] / "notes.csv"
+    other.write_text("a,b\n1,2\n")
+    assert fetch.edition_of(other) is None
+
+
+def test_from_a_folder_of_another_edition_names_it(editions: dict[str, Path]) -> None:
+    dest = editions["2023"].parent / "data"
+    with pytest.raises(CovidRegError) as exc:
+        fetch_files(dest, FolderSource(editions["2023"]), edition="2021")
+    assert "has no covid.train.csv; it holds the 2023 files: pass --edition 2023" in str(exc.value)
+    assert leftovers(dest) == []
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_file_of_another_edition_is_never_fetched_over(
+    editions: dict[str, Path], force: bool
+) -> None:
+    dest = editions["2022"]
+    own = (dest / "covid.train.csv").read_bytes()
+    with pytest.raises(CovidRegError) as exc:
+        fetch_files(dest, FolderSource(editions["2021"]), force=force, edition="2021")
+    message = str(exc.value)
+    assert "is the 2022 covid.train.csv, not the 2021 one; pass --edition 2022" in message
+    assert "--dest" in message and "--force" not in message
+    assert (dest / "covid.train.csv").read_bytes() == own
+
+
+def test_two_editions_in_the_data_directory_ask_for_one(editions: dict[str, Path]) -> None:
+    dest = editions["2023"]
+    (dest / "covid.train.csv").write_bytes((editions["2021"] / "covid.train.csv").read_bytes())
+    with pytest.raises(CovidRegError, match="holds the files of 2021 and 2023; pass --edition"):
+        fetch_files(dest, FolderSource(editions["2021"]))
+    files = fetch_files(dest, FolderSource(editions["2023"]), edition="2023")
+    assert [f.action for f in files] == ["present"] * 2
+
+
+def test_if_missing_keeps_a_students_own_file_unchecked(
+    editions: dict[str, Path], tmp_path: Path
+) -> None:
+    dest = tmp_path / "data"
+    dest.mkdir()
+    own = corrupted((editions["2022"] / "covid.train.csv").read_bytes())
+    (dest / "covid.train.csv").write_bytes(own)
+    with pytest.raises(CovidRegError, match="not the published"):
+        fetch_files(dest, FolderSource(editions["2022"]))
+    files = fetch_files(dest, FolderSource(editions["2022"]), if_missing=True)
+    assert [(f.path.name, f.action, f.verified, f.edition) for f in files] == [
+        ("covid.train.csv", "present", False, "2022")
+    ], "the test file is not fetched beside a training file that is there"
+    assert leftovers(dest) == ["covid.train.csv"]
+    assert (dest / "covid.train.csv").read_bytes() == own
+
+    empty = tmp_path / "empty"
+    files = fetch_files(empty, FolderSource(editions["2023"]), if_missing=True)
+    assert [(f.action, f.edition) for f in files] == [("copied", "2023")] * 2
+
+
+def test_cli_fetch_auto_and_if_missing(editions: dict[str, Path], tmp_path: Path) -> None:
+    dest = tmp_path / "data"
+    args = ["fetch", "--from", str(editions["2023"]), "--dest", str(dest)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"{dest / name} (2023): copied from {editions['2023']}, verified"
+        for name in FILE_NAMES["2023"]
+    ]
+    result = runner.invoke(app, [*args, "--if-missing", "--edition", "auto"])
+    assert result.exit_code == 0, result.output
+    assert [line.split(": ")[1] for line in result.stdout.splitlines()] == [
+        "already present, verified"
+    ] * 2
 
 
 # --- from Google Drive (gdown replaced: no network) ----------------------------------------------
@@ -387,13 +505,13 @@ def test_cli_fetch_then_already_present(mirror: FakeMirror, tmp_path: Path) -> N
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        f"{dest / name}: downloaded from {mirror.url_base}, verified" for name in NAMES
+        f"{dest / name} (2021): downloaded from {mirror.url_base}, verified" for name in NAMES
     ]
 
     result = runner.invoke(app, [*args, "--quiet"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        f"{dest / name}: already present, verified" for name in NAMES
+        f"{dest / name} (2021): already present, verified" for name in NAMES
     ]
     assert len(mirror.requests) == 2
 
@@ -429,9 +547,9 @@ def test_cli_from_folder_and_no_verify(
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        f"{dest / 'covid.train.csv'}: copied from {kaggle}, sha256 differs from the published "
-        "file (--no-verify)",
-        f"{dest / 'covid.test.csv'}: copied from {kaggle}, verified",
+        f"{dest / 'covid.train.csv'} (2021): copied from {kaggle}, sha256 differs from the "
+        "published file, kept as it is",
+        f"{dest / 'covid.test.csv'} (2021): copied from {kaggle}, verified",
     ]
 
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from covidreg.cli import app
 from covidreg.experiment import STATE_FILE
 from covidreg.inference import find_models, load_model
+from covidreg.layout import EDITIONS
 from tests.conftest import interrupted_run_dir, synthetic_rows, write_hw01_csv
 
 runner = CliRunner()
@@ -292,3 +293,53 @@ def test_payload_file_really_runs_when_loaded_unsafely(tmp_path: Path) -> None:
     torch.save(Payload(marker), tmp_path / "bad.pt")
     torch.load(tmp_path / "bad.pt", weights_only=False)
     assert marker.exists()
+
+
+# --- the test file of the model's edition ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("data_dir", ["$COVIDREG_DATA_DIR", "data/"])
+def test_predict_finds_the_test_file_of_the_models_edition(
+    data_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = EDITIONS["2023"]
+    folder = tmp_path / "data" if data_dir == "data/" else tmp_path / "hw01-2023"
+    folder.mkdir()
+    train = write_hw01_csv(
+        folder / "covid_train.csv", synthetic_rows(3, 20, seed=0, layout=layout), layout=layout
+    )
+    rows = synthetic_rows(3, 5, seed=1, layout=layout)
+    write_hw01_csv(folder / "covid_test.csv", rows, with_target=False, layout=layout)
+    monkeypatch.chdir(tmp_path)
+    if data_dir == "data/":
+        monkeypatch.delenv("COVIDREG_DATA_DIR", raising=False)
+    else:
+        monkeypatch.setenv("COVIDREG_DATA_DIR", str(folder))
+    args = ["train", "--train-csv", str(train), "--epochs", "4", "--batch-size", "16"]
+    result = runner.invoke(app, [*args, "--out", "run", "-q"])
+    assert result.exit_code == 0, result.stderr
+
+    result = runner.invoke(app, ["predict", "--model", "run", "--out", "pred.csv"])
+    assert result.exit_code == 0, result.stderr
+    shown = folder if data_dir != "data/" else Path("data")
+    assert f"predicted 15 rows of {shown / 'covid_test.csv'} with the model" in result.stderr
+    assert (tmp_path / "pred.csv").read_bytes() == (tmp_path / "run" / "pred.csv").read_bytes()
+
+    (folder / "covid_test.csv").unlink()
+    result = runner.invoke(app, ["predict", "--model", "run", "--out", "again.csv"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: model {Path('run') / 'model.pt'} was trained on the 2023 files, and the data "
+        f"directory {shown} has no covid_test.csv; "
+        "pass the file to predict with --test-csv, or set $COVIDREG_DATA_DIR to the folder "
+        "holding it"
+    ]
+    assert not (tmp_path / "again.csv").exists()
+
+
+def test_predict_help_shows_auto_for_the_test_file() -> None:
+    result = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    start = result.stdout.index("--test-csv")
+    text = result.stdout[start : result.stdout.index("--out", start)]
+    assert "[default: auto]" in text and "data/covid.test.csv" not in result.stdout
