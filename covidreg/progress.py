@@ -614,17 +614,35 @@ def compare_summary(result: Any, quiet: bool) -> None:
 
 
 def lr_find_summary(result: Any, quiet: bool) -> None:
-    """What the range test found; the result line on stdout."""
-    found = result.suggestion
+    """The suggestion and its reference points in a table; the result line on stdout."""
+    test, found = result.test, result.test.suggestion
+    div10 = "none" if found.min_loss_div10 is None else f"{found.min_loss_div10:.3g}"
     if not quiet:
-        end = "diverged" if result.diverged else "reached --end-lr"
-        err_console.print(
-            f"{len(result.lrs)} steps from {result.lrs[0]:.3g} to {result.lrs[-1]:.3g} ({end}); "
-            f"steepest descent at lr {found.steepest:.3g}, valley at {found.valley:.3g} "
-            f"(the rate --lr auto takes), minimum / 10 at {found.min_div10:.3g}"
+        end = "diverged" if test.diverged else "reached --end-lr"
+        where = f"the lowest smoothed loss is at {found.min_loss:.3g}"
+        if found.min_loss_div10 is None:
+            where += ", and / 10 lies below the range tested: lower --start-lr to see it"
+        rows = (
+            (
+                "range tested",
+                f"{len(test.lrs)} steps, {test.lrs[0]:.3g} to {test.lrs[-1]:.3g} ({end})",
+            ),
+            (
+                "suggested_lr",
+                f"[bold green]{found.suggested:.3g}[/bold green] (the valley: the rate --lr auto "
+                "takes)",
+            ),
+            ("steepest_lr", f"{found.steepest:.3g} (the steepest descent; for reference)"),
+            ("min_loss_lr_div10", f"{div10} ({where})"),
+            ("outputs", f"{result.run_dir} (lr_find.csv, lr_find.json, lr_find.png)"),
         )
-        err_console.print(f"outputs: {result.run_dir} (lr_find.csv, lr_find.png)")
+        table = Table(title="covidreg lr-find", show_header=False, title_justify="left")
+        table.add_column("", style="bold")
+        table.add_column("", overflow="fold")
+        for key, value in rows:
+            table.add_row(key, value)
+        err_console.print(table)
     out_console.print(
-        f"suggested_lr={found.steepest:.3g} valley_lr={found.valley:.3g} "
-        f"min_lr_div10={found.min_div10:.3g} run_dir={result.run_dir}"
+        f"suggested_lr={found.suggested:.3g} steepest_lr={found.steepest:.3g} "
+        f"min_loss_lr_div10={div10} run_dir={result.run_dir}"
     )
