@@ -433,6 +433,8 @@ class TrialDisplay:
     def on_start(self, plan: Any) -> None:
         if self.progress is None:
             return
+        from covidreg.tune.reports import data_label
+
         job = plan.job
         workers = f"{plan.workers} worker{'s' if plan.workers > 1 else ''}"
         err_console.print(
@@ -440,26 +442,30 @@ class TrialDisplay:
             f"{job.target} trials done; {workers}, sampler {job.sampler}, pruner {job.pruner}, "
             f"{job.n_folds} fold{'s' if job.n_folds > 1 else ''}"
         )
+        err_console.print(f"data: {data_label(plan.data)}", soft_wrap=True)
         self.progress.start()
-        self.task = self.progress.add_task(
-            "trials", total=job.target, completed=plan.n_done, best="-", pruned=0, failed=0
-        )
+        # a resumed study starts from its earlier trials: their count, best, pruned and failed
+        self.task = self.progress.add_task("trials", total=job.target, **_fields(plan.progress))
 
     def on_progress(self, state: Any) -> None:
         if self.progress is None or self.task is None:
             return
-        best = "-" if state.best_value is None else f"{state.best_value:.5f} (#{state.best_number})"
-        self.progress.update(
-            self.task,
-            completed=state.done,
-            best=best,
-            pruned=state.n_pruned,
-            failed=state.n_failed,
-        )
+        self.progress.update(self.task, **_fields(state))
 
     def finish(self) -> None:
         if self.progress is not None and self.task is not None:
             self.progress.stop()
+
+
+def _fields(state: Any) -> dict[str, Any]:
+    """The trial bar's fields for a study's progress (``tune.study.TuneProgress``)."""
+    best = "-" if state.best_value is None else f"{state.best_value:.5f} (#{state.best_number})"
+    return {
+        "completed": state.done,
+        "best": best,
+        "pruned": state.n_pruned,
+        "failed": state.n_failed,
+    }
 
 
 @contextmanager
@@ -488,8 +494,9 @@ def _param_text(params: dict[str, Any]) -> str:
 
 
 def tune_summary(result: Any, quiet: bool) -> None:
-    """The best trials of the study, the output files, and the result line on stdout."""
-    from covidreg.tune.reports import objective_name
+    """The best trials of the study, its data set, the output files, and the result line on
+    stdout."""
+    from covidreg.tune.reports import data_label, objective_name
 
     objective = objective_name(result.n_folds)
     if not quiet:
@@ -519,6 +526,7 @@ def tune_summary(result: Any, quiet: bool) -> None:
         failed = [row for row in result.trials if row.error]
         if failed:
             warn(f"{len(failed)} trial(s) failed; #{failed[-1].number}: {failed[-1].error}")
+        err_console.print(f"data: {data_label(result.data)}", soft_wrap=True)
         err_console.print(f"storage: {result.storage}")
         err_console.print(f"outputs: {result.run_dir} (best.toml, trials.csv, history.png)")
     if result.best is None:
