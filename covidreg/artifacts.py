@@ -460,7 +460,7 @@ def plot_lr_find(
         "s",
         color="C3",
         ms=8,
-        label=f"suggested_lr (valley, --lr auto): {suggestion.suggested:.3g}",
+        label=f"suggested_lr (valley): {suggestion.suggested:.3g}",
     )
     at = lrs.index(suggestion.steepest)
     ax.plot(

@@ -79,6 +79,12 @@ class RangeTest:
     end_lr: float
     n_steps: int
 
+    @property
+    def auto_bounds(self) -> bool:
+        """Whether these are the bounds of ``lr = "auto"``'s test (then its suggestion is the
+        rate ``lr = "auto"`` takes on the same rows)."""
+        return (self.start_lr, self.end_lr, self.n_steps) == (AUTO_START, AUTO_END, AUTO_STEPS)
+
     def record(self) -> dict[str, Any]:
         """The suggestion and the range it was found on, as plain types."""
         return {

@@ -623,10 +623,18 @@ def compare_summary(result: Any, quiet: bool) -> None:
 
 def lr_find_summary(result: Any, quiet: bool) -> None:
     """The suggestion and its reference points in a table; the result line on stdout."""
+    from covidreg.lr_range import AUTO_END, AUTO_START, AUTO_STEPS
+
     test, found = result.test, result.test.suggestion
     div10 = "none" if found.min_loss_div10 is None else f"{found.min_loss_div10:.3g}"
     if not quiet:
         end = "diverged" if test.diverged else "reached --end-lr"
+        how = "the valley: the rate --lr auto takes"
+        if not test.auto_bounds:
+            how = (
+                f"the valley, as --lr auto chooses; --lr auto tests {AUTO_START:g} to "
+                f"{AUTO_END:g} in {AUTO_STEPS} steps"
+            )
         where = f"the lowest smoothed loss is at {found.min_loss:.3g}"
         if found.min_loss_div10 is None:
             where += ", and / 10 lies below the range tested: lower --start-lr to see it"
@@ -635,11 +643,7 @@ def lr_find_summary(result: Any, quiet: bool) -> None:
                 "range tested",
                 f"{len(test.lrs)} steps, {test.lrs[0]:.3g} to {test.lrs[-1]:.3g} ({end})",
             ),
-            (
-                "suggested_lr",
-                f"[bold green]{found.suggested:.3g}[/bold green] (the valley: the rate --lr auto "
-                "takes)",
-            ),
+            ("suggested_lr", f"[bold green]{found.suggested:.3g}[/bold green] ({how})"),
             ("steepest_lr", f"{found.steepest:.3g} (the steepest descent; for reference)"),
             ("min_loss_lr_div10", f"{div10} ({where})"),
             ("outputs", f"{result.run_dir} (lr_find.csv, lr_find.json, lr_find.png)"),

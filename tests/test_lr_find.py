@@ -17,7 +17,6 @@ from covidreg.config import resolve_config
 from covidreg.lr_find import holdout_range_test
 from covidreg.lr_range import SKIP_BEGIN, SKIP_END, smooth, suggest, valley
 from tests.conftest import files_config, train_args
-from tests.tune_files import flat
 
 runner = CliRunner()
 
@@ -35,6 +34,11 @@ def lr_find_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
         str(out),
         *extra,
     ]
+
+
+def table_text(text: str) -> str:
+    """A rich table's words in reading order, its borders and cell wrapping undone."""
+    return " ".join(w for w in text.split() if w.strip("│┌┐└┘─┬┴┼├┤"))
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -151,14 +155,19 @@ def test_the_summary_leads_with_the_suggestion_and_says_a_point_is_left_out(
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stderr
     record = json.loads((out / "lr_find.json").read_text())
-    table = flat(result.stderr)
-    assert f"suggested_lr │ {record['suggested_lr']:.3g} (the valley: the rate --lr auto" in table
-    assert f"steepest_lr │ {record['steepest_lr']:.3g} (the steepest descent; for" in table
+    table = table_text(result.stderr)
+    assert (
+        f"suggested_lr {record['suggested_lr']:.3g} (the valley, as --lr auto chooses; --lr auto "
+        "tests 1e-07 to 10 in 100 steps) steepest_lr"
+    ) in table, "not its bounds: the summary says so"
+    assert f"steepest_lr {record['steepest_lr']:.3g} (the steepest descent; for reference)" in table
     assert result.stdout.startswith(f"suggested_lr={record['suggested_lr']:.3g} ")
     assert record["min_loss_lr_div10"] is None and 1e-3 < record["min_loss_lr"] < 5e-3
     assert "min_loss_lr_div10=none " in result.stdout
-    assert "none (the lowest smoothed loss is at" in table
-    assert "lies below the range tested: lower --start-lr to see it" in table
+    assert (
+        f"min_loss_lr_div10 none (the lowest smoothed loss is at {record['min_loss_lr']:.3g}, and "
+        "/ 10 lies below the range tested: lower --start-lr to see it)"
+    ) in table
 
 
 def test_the_test_stops_when_the_loss_diverges(hw01_files: dict[str, Path]) -> None:
@@ -338,6 +347,8 @@ def test_on_the_real_files_lr_find_suggests_lr_autos_rate_within_the_range(
     assert suggested.exit_code == 0, suggested.stderr
     record = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
     assert suggested.stdout.startswith(f"suggested_lr={record['suggested_lr']:.3g} steepest_lr=")
+    rate = f"suggested_lr {record['suggested_lr']:.3g} (the valley: the rate --lr auto takes)"
+    assert rate in table_text(suggested.stderr)
     last = record["last_lr"]
     for key in ("suggested_lr", "steepest_lr", "min_loss_lr", "min_loss_lr_div10"):
         assert record[key] is None or 1e-7 <= record[key] <= last, (key, record[key])
