@@ -107,7 +107,7 @@ RUN_ENTRIES = re.compile(
     r"model\.pt|config\.toml|history\.csv|metrics\.json|learning_curves?\.png"
     r"|valid_pred\.png|pred\.csv|training_state(\.stack_\d+)?\.pt|seeds\.json|seed_\d+"
     r"|cv\.csv|summary\.json|fold_\d+|compare\.csv|histories\.csv|curves\.png|spread\.png"
-    r"|lr_find\.(csv|png)|study\.journal.*|best\.toml|trials\.csv|history\.png|tensorboard"
+    r"|lr_find\.(csv|json|png)|study\.journal.*|best\.toml|trials\.csv|history\.png|tensorboard"
     r"|\..+\.tmp"
 )
 # what a tune study writes: the same command resumes the study in that directory
@@ -436,7 +436,8 @@ def plot_lr_find(
     smoothed: Sequence[float],
     suggestion: Any,
 ) -> None:
-    """The range test: training loss against the learning rate (log-log), suggestion marked."""
+    """The range test: training loss against the learning rate (log-log), the suggestion
+    marked by a line and its reference points by marks, named as lr_find.json names them."""
     import math
 
     fig = _figure(7, 4.2)
@@ -451,19 +452,35 @@ def plot_lr_find(
         label="batch loss",
     )
     ax.plot(lrs, smoothed, color="C0", lw=1.6, label="smoothed loss")
-    for lr, label, marker in (
-        (suggestion.steepest, "steepest descent", "o"),
-        (suggestion.valley, "valley (lr = auto)", "s"),
-    ):
-        at = lrs.index(lr)
-        ax.plot([lr], [smoothed[at]], marker, color="C3", ms=7, label=f"{label}: {lr:.3g}")
-    ax.axvline(
-        suggestion.min_div10,
-        color="grey",
-        ls=":",
-        lw=1,
-        label=f"minimum / 10: {suggestion.min_div10:.3g}",
+    at = lrs.index(suggestion.suggested)
+    ax.axvline(suggestion.suggested, color="C3", lw=1.4, zorder=1)
+    ax.plot(
+        [suggestion.suggested],
+        [smoothed[at]],
+        "s",
+        color="C3",
+        ms=8,
+        label=f"suggested_lr (valley): {suggestion.suggested:.3g}",
     )
+    at = lrs.index(suggestion.steepest)
+    ax.plot(
+        [suggestion.steepest],
+        [smoothed[at]],
+        "o",
+        color="grey",
+        ms=6,
+        label=f"steepest_lr: {suggestion.steepest:.3g}",
+    )
+    if suggestion.min_loss_div10 is None:
+        ax.plot([], [], " ", label="min_loss_lr_div10: below the range tested")
+    else:
+        ax.axvline(
+            suggestion.min_loss_div10,
+            color="grey",
+            ls=":",
+            lw=1,
+            label=f"min_loss_lr_div10: {suggestion.min_loss_div10:.3g}",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("learning rate")

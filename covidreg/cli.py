@@ -398,8 +398,9 @@ def lr_find(
     """The learning-rate range test: suggest a rate for this config (Smith 2015, as fastai).
 
     The rate grows exponentially per mini-batch on the training split; the smoothed loss is
-    recorded until it diverges. Suggests the rate of its steepest descent (and shows its
-    minimum / 10). Writes lr_find.csv and lr_find.png; a later train is unchanged.
+    recorded until it diverges. Suggests the rate --lr auto takes (fastai's valley) and shows
+    the steepest descent and the minimum / 10 beside it. Writes lr_find.csv, lr_find.json and
+    lr_find.png; a later train is unchanged.
 
     Example: [bold]covidreg lr-find --optimizer sgd --start-lr 1e-6 --end-lr 1[/bold]
     """

@@ -108,6 +108,27 @@ def stop_rows(cfg: Config, fold: bool) -> str:
     return "train_tail" if fold else "valid"
 
 
+def member_rows(
+    cfg: Config,
+    data: LoadedData,
+    train_idx: np.ndarray,
+    valid_idx: np.ndarray,
+    fold: bool = False,
+) -> tuple[Arrays, Arrays, Arrays | None]:
+    """The rows a split's model fits, the rows it early-stops on, and the rows only scored
+    (None: those it stops on): ``train_idx`` and ``valid_idx``, or (``stop_rows`` is
+    ``train_tail``) ``train_idx`` less its blocked tail, that tail, and ``valid_idx``."""
+    columns = data.train.columns(data.feature_names)
+
+    def rows(idx: np.ndarray) -> Arrays:
+        return select(data.train, columns, idx)
+
+    if stop_rows(cfg, fold) == "train_tail":
+        fit_idx, stop_idx = stopping_split(data.train.order, train_idx, cfg.valid_ratio, cfg.purge)
+        return rows(fit_idx), rows(stop_idx), rows(valid_idx)
+    return rows(train_idx), rows(valid_idx), None
+
+
 def member_for(
     cfg: Config,
     data: LoadedData,
@@ -116,28 +137,11 @@ def member_for(
     seed: int,
     fold: bool = False,
 ) -> Member:
-    """The engine's model for one split (a cv fold with ``fold``): it fits ``train_idx`` and
-    early-stops on ``valid_idx``, or (``stop_rows`` is ``train_tail``) early-stops on the
-    blocked tail of ``train_idx`` and ``valid_idx`` is only scored."""
-    columns = data.train.columns(data.feature_names)
-
-    def rows(idx: np.ndarray) -> Arrays:
-        return select(data.train, columns, idx)
-
-    if stop_rows(cfg, fold) == "train_tail":
-        fit_idx, stop_idx = stopping_split(data.train.order, train_idx, cfg.valid_ratio, cfg.purge)
-        return member_at_rate(
-            cfg,
-            data.layout,
-            data.feature_names,
-            rows(fit_idx),
-            rows(stop_idx),
-            seed,
-            rows(valid_idx),
-        )
-    return member_at_rate(
-        cfg, data.layout, data.feature_names, rows(train_idx), rows(valid_idx), seed
-    )
+    """The engine's model for one split (a cv fold with ``fold``) on ``member_rows``: it fits
+    ``train_idx`` and early-stops on ``valid_idx``, or (``stop_rows`` is ``train_tail``)
+    early-stops on the blocked tail of ``train_idx`` and ``valid_idx`` is only scored."""
+    fit, stop, scored = member_rows(cfg, data, train_idx, valid_idx, fold)
+    return member_at_rate(cfg, data.layout, data.feature_names, fit, stop, seed, scored)
 
 
 def fit_model(

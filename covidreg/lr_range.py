@@ -3,14 +3,17 @@
 One model of the config trains on a training split, one mini-batch per step, while its learning
 rate grows exponentially from ``start_lr`` to ``end_lr``. The training loss is smoothed (an
 exponential moving average with bias correction) and the test stops once it diverges (above
-``diverge`` times its lowest value, or not finite). The suggestion is the rate of the smoothed
-loss's steepest descent against log(lr); the rate of its minimum / 10 is shown too.
+``diverge`` times its lowest value, or not finite).
 
-``lr = "auto"`` takes fastai's valley instead (its default since fastai 2.5): the step a little
-past a third of the way down the longest run of falling loss. On this data the curve is nearly
-flat until it diverges (the delta target starts at its floor), so its steepest descent is noise:
-3e-6 on the default holdout, where the valley gives a rate that trains. ``lr = "auto"`` runs the
-test on each model's own training rows before it trains (``member_at_rate``).
+``suggest`` makes the one suggestion, which ``covidreg lr-find`` leads with and ``lr = "auto"``
+takes: fastai's valley (its default since fastai 2.5), the step a little past a third of the
+way down the longest run of falling loss. Two more points are shown for reference: the rate of
+the smoothed loss's steepest descent against log(lr) (Smith, Lightning) and the rate of its
+minimum / 10, the latter left out when it lies below the first rate tested. On this data the
+curve is nearly flat until it diverges (the delta target starts at its floor), so its steepest
+descent is noise: 3e-6 on the default holdout, where the valley gives a rate that trains.
+``lr = "auto"`` runs the test on each model's own training rows before it trains
+(``member_at_rate``).
 
 The steps are the engine's own arithmetic (``Stack.step_gradients``) and optimizer
 (``StackOptimizer``) at a rate set per step. The global random state is put back afterwards and
@@ -34,7 +37,7 @@ from covidreg.layout import Layout
 from covidreg.schema import Arrays
 
 SMOOTHING = 0.98  # the moving average's weight on the past, as fastai and Lightning use
-SKIP_BEGIN, SKIP_END = 10, 1  # steps left out of the steepest-descent search (as Lightning)
+SKIP_BEGIN, SKIP_END = 10, 1  # steps no point is taken from (as Lightning leaves them out)
 DIVERGE = 4.0
 # the bounds of the test that lr = "auto" runs (those of the lr-find command's defaults)
 AUTO_START, AUTO_END, AUTO_STEPS = 1e-7, 10.0, 100
@@ -42,15 +45,68 @@ AUTO_START, AUTO_END, AUTO_STEPS = 1e-7, 10.0, 100
 
 @dataclass
 class Suggestion:
-    """What the test suggests: the steepest descent (Smith, Lightning), fastai's valley (the
-    rate ``lr = auto`` takes) and the rate of the minimum / 10."""
+    """What the test suggests, and two points shown beside it for reference."""
 
-    steepest: float
-    valley: float
-    min_div10: float
+    suggested: float  # fastai's valley: the rate lr = auto takes and lr-find suggests
+    steepest: float  # the smoothed loss's steepest descent against log(lr)
+    min_loss: float  # the rate of the lowest smoothed loss
+    min_loss_div10: float | None  # min_loss / 10; None where that lies below the first rate
+
+    RULE = "valley"
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The points by the names every output gives them (result line, lr_find.json,
+        lr_find.csv's point column, the plot's legend, metrics.json's lr_finder)."""
+        return {
+            "suggested_lr": self.suggested,
+            "rule": self.RULE,
+            "steepest_lr": self.steepest,
+            "min_loss_lr": self.min_loss,
+            "min_loss_lr_div10": self.min_loss_div10,
+        }
+
+
+@dataclass
+class RangeTest:
+    """The rates tried, the training loss at each, smoothed, and what they suggest."""
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    diverged: bool
+    suggestion: Suggestion
+    start_lr: float
+    end_lr: float
+    n_steps: int
+
+    @property
+    def auto_bounds(self) -> bool:
+        """Whether these are the bounds of ``lr = "auto"``'s test (then its suggestion is the
+        rate ``lr = "auto"`` takes on the same rows)."""
+        return (self.start_lr, self.end_lr, self.n_steps) == (AUTO_START, AUTO_END, AUTO_STEPS)
+
+    def record(self) -> dict[str, Any]:
+        """The suggestion and the range it was found on, as plain types."""
+        return {
+            **self.suggestion.as_dict(),
+            "start_lr": self.start_lr,
+            "end_lr": self.end_lr,
+            "steps": self.n_steps,
+            "steps_run": len(self.lrs),
+            "last_lr": self.lrs[-1],
+            "diverged": self.diverged,
+        }
+
+
+class TooFewSteps(CovidRegError):
+    """The loss diverged before the test had the steps a suggestion is made over."""
+
+    def __init__(self, n_steps: int) -> None:
+        super().__init__(
+            f"the loss diverged after {n_steps} steps, too few to suggest a rate; "
+            "lower --end-lr or raise --steps"
+        )
+        self.n_steps = n_steps
 
 
 def check_bounds(start_lr: float, end_lr: float, n_steps: int) -> None:
@@ -137,24 +193,25 @@ def _diverged(losses: list[float]) -> bool:
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> Suggestion:
-    """The steepest descent of the smoothed loss against log(lr), fastai's valley and the rate
-    of the minimum / 10, over the steps after the first ``SKIP_BEGIN`` and before the last
-    ``SKIP_END``."""
+    """The valley (the suggestion), the steepest descent of the smoothed loss against log(lr)
+    and the rate of its minimum / 10, all over the steps after the first ``SKIP_BEGIN`` and
+    before the last ``SKIP_END``; the minimum / 10 is None where it lies below ``lrs[0]``."""
     finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
     lrs = [lrs[i] for i in finite]
     smoothed = [smoothed[i] for i in finite]
-    low = min(range(len(smoothed)), key=smoothed.__getitem__)
-    minimum = lrs[low] / 10
     begin, end = SKIP_BEGIN, len(smoothed) - SKIP_END
     if end - begin < 2:
-        raise CovidRegError(
-            f"the loss diverged after {len(lrs)} steps, too few to suggest a rate; "
-            "lower --end-lr or raise --steps"
-        )
+        raise TooFewSteps(len(lrs))
     window = np.asarray(smoothed[begin:end])
-    slope = np.gradient(window, np.log(np.asarray(lrs[begin:end])))
-    steepest = float(lrs[begin + int(np.argmin(slope))])
-    return Suggestion(steepest, float(lrs[begin + valley(window)]), minimum)
+    rates = lrs[begin:end]
+    slope = np.gradient(window, np.log(np.asarray(rates)))
+    min_loss = float(rates[int(np.argmin(window))])
+    return Suggestion(
+        suggested=float(rates[valley(window)]),
+        steepest=float(rates[int(np.argmin(slope))]),
+        min_loss=min_loss,
+        min_loss_div10=min_loss / 10 if min_loss / 10 >= lrs[0] else None,
+    )
 
 
 def valley(losses: np.ndarray) -> int:
@@ -173,6 +230,27 @@ def valley(losses: np.ndarray) -> int:
     return int(start + int(third) + int(third / 2))
 
 
+def run_range_test(
+    cfg: Config,
+    layout: Layout,
+    feature_names: list[str],
+    train: Arrays,
+    valid: Arrays,
+    seed: int,
+    start_lr: float = AUTO_START,
+    end_lr: float = AUTO_END,
+    n_steps: int = AUTO_STEPS,
+) -> RangeTest:
+    """The range test on these training rows and its suggestion: ``covidreg lr-find``'s, and
+    with the default bounds ``lr = "auto"``'s."""
+    lrs, losses, diverged = range_test(
+        cfg, layout, feature_names, train, valid, seed, start_lr, end_lr, n_steps
+    )
+    smoothed = smooth(losses)
+    suggestion = suggest(lrs, smoothed)
+    return RangeTest(lrs, losses, smoothed, diverged, suggestion, start_lr, end_lr, n_steps)
+
+
 def find_rate(
     cfg: Config,
     layout: Layout,
@@ -181,26 +259,16 @@ def find_rate(
     valid: Arrays,
     seed: int,
 ) -> dict[str, Any]:
-    """``lr = "auto"``: the range test on these training rows with the command's defaults; the
-    rate (the valley) and how it was found, as plain types for metrics.json."""
-    lrs, losses, _ = range_test(
-        cfg, layout, feature_names, train, valid, seed, AUTO_START, AUTO_END, AUTO_STEPS
-    )
+    """``lr = "auto"``: the suggestion of the range test on these training rows with the
+    command's defaults; the rate and how it was found, as plain types for metrics.json."""
     try:
-        found = suggest(lrs, smooth(losses))
-    except CovidRegError:
+        found = run_range_test(cfg, layout, feature_names, train, valid, seed)
+    except TooFewSteps as exc:
         raise CovidRegError(
-            f"lr = auto: the range test diverged after {len(lrs)} steps, too few to suggest a "
-            "rate; give --lr a number (covidreg lr-find shows the curve)"
+            f"lr = auto: the range test diverged after {exc.n_steps} steps, too few to suggest "
+            "a rate; give --lr a number (covidreg lr-find shows the curve)"
         ) from None
-    return {
-        "lr": found.valley,
-        "rule": "valley",
-        **found.as_dict(),
-        "start_lr": AUTO_START,
-        "end_lr": AUTO_END,
-        "steps": AUTO_STEPS,
-    }
+    return {"lr": found.suggestion.suggested, **found.record()}
 
 
 def member_at_rate(

@@ -436,6 +436,8 @@ class TrialDisplay:
     def on_start(self, plan: Any) -> None:
         if self.progress is None:
             return
+        from covidreg.tune.reports import data_label
+
         job = plan.job
         workers = f"{plan.workers} worker{'s' if plan.workers > 1 else ''}"
         err_console.print(
@@ -443,26 +445,30 @@ class TrialDisplay:
             f"{job.target} trials done; {workers}, sampler {job.sampler}, pruner {job.pruner}, "
             f"{job.n_folds} fold{'s' if job.n_folds > 1 else ''}"
         )
+        err_console.print(f"data: {data_label(plan.data)}", soft_wrap=True)
         self.progress.start()
-        self.task = self.progress.add_task(
-            "trials", total=job.target, completed=plan.n_done, best="-", pruned=0, failed=0
-        )
+        # a resumed study starts from its earlier trials: their count, best, pruned and failed
+        self.task = self.progress.add_task("trials", total=job.target, **_fields(plan.progress))
 
     def on_progress(self, state: Any) -> None:
         if self.progress is None or self.task is None:
             return
-        best = "-" if state.best_value is None else f"{state.best_value:.5f} (#{state.best_number})"
-        self.progress.update(
-            self.task,
-            completed=state.done,
-            best=best,
-            pruned=state.n_pruned,
-            failed=state.n_failed,
-        )
+        self.progress.update(self.task, **_fields(state))
 
     def finish(self) -> None:
         if self.progress is not None and self.task is not None:
             self.progress.stop()
+
+
+def _fields(state: Any) -> dict[str, Any]:
+    """The trial bar's fields for a study's progress (``tune.study.TuneProgress``)."""
+    best = "-" if state.best_value is None else f"{state.best_value:.5f} (#{state.best_number})"
+    return {
+        "completed": state.done,
+        "best": best,
+        "pruned": state.n_pruned,
+        "failed": state.n_failed,
+    }
 
 
 @contextmanager
@@ -491,8 +497,9 @@ def _param_text(params: dict[str, Any]) -> str:
 
 
 def tune_summary(result: Any, quiet: bool) -> None:
-    """The best trials of the study, the output files, and the result line on stdout."""
-    from covidreg.tune.reports import objective_name
+    """The best trials of the study, its data set, the output files, and the result line on
+    stdout."""
+    from covidreg.tune.reports import data_label, objective_name
 
     objective = objective_name(result.n_folds)
     if not quiet:
@@ -522,6 +529,7 @@ def tune_summary(result: Any, quiet: bool) -> None:
         failed = [row for row in result.trials if row.error]
         if failed:
             warn(f"{len(failed)} trial(s) failed; #{failed[-1].number}: {failed[-1].error}")
+        err_console.print(f"data: {data_label(result.data)}", soft_wrap=True)
         err_console.print(f"storage: {result.storage}")
         err_console.print(f"outputs: {result.run_dir} (best.toml, trials.csv, history.png)")
     if result.best is None:
@@ -617,17 +625,39 @@ def compare_summary(result: Any, quiet: bool) -> None:
 
 
 def lr_find_summary(result: Any, quiet: bool) -> None:
-    """What the range test found; the result line on stdout."""
-    found = result.suggestion
+    """The suggestion and its reference points in a table; the result line on stdout."""
+    from covidreg.lr_range import AUTO_END, AUTO_START, AUTO_STEPS
+
+    test, found = result.test, result.test.suggestion
+    div10 = "none" if found.min_loss_div10 is None else f"{found.min_loss_div10:.3g}"
     if not quiet:
-        end = "diverged" if result.diverged else "reached --end-lr"
-        err_console.print(
-            f"{len(result.lrs)} steps from {result.lrs[0]:.3g} to {result.lrs[-1]:.3g} ({end}); "
-            f"steepest descent at lr {found.steepest:.3g}, valley at {found.valley:.3g} "
-            f"(the rate --lr auto takes), minimum / 10 at {found.min_div10:.3g}"
+        end = "diverged" if test.diverged else "reached --end-lr"
+        how = "the valley: the rate --lr auto takes"
+        if not test.auto_bounds:
+            how = (
+                f"the valley, as --lr auto chooses; --lr auto tests {AUTO_START:g} to "
+                f"{AUTO_END:g} in {AUTO_STEPS} steps"
+            )
+        where = f"the lowest smoothed loss is at {found.min_loss:.3g}"
+        if found.min_loss_div10 is None:
+            where += ", and / 10 lies below the range tested: lower --start-lr to see it"
+        rows = (
+            (
+                "range tested",
+                f"{len(test.lrs)} steps, {test.lrs[0]:.3g} to {test.lrs[-1]:.3g} ({end})",
+            ),
+            ("suggested_lr", f"[bold green]{found.suggested:.3g}[/bold green] ({how})"),
+            ("steepest_lr", f"{found.steepest:.3g} (the steepest descent; for reference)"),
+            ("min_loss_lr_div10", f"{div10} ({where})"),
+            ("outputs", f"{result.run_dir} (lr_find.csv, lr_find.json, lr_find.png)"),
         )
-        err_console.print(f"outputs: {result.run_dir} (lr_find.csv, lr_find.png)")
+        table = Table(title="covidreg lr-find", show_header=False, title_justify="left")
+        table.add_column("", style="bold")
+        table.add_column("", overflow="fold")
+        for key, value in rows:
+            table.add_row(key, value)
+        err_console.print(table)
     out_console.print(
-        f"suggested_lr={found.steepest:.3g} valley_lr={found.valley:.3g} "
-        f"min_lr_div10={found.min_div10:.3g} run_dir={result.run_dir}"
+        f"suggested_lr={found.suggested:.3g} steepest_lr={found.steepest:.3g} "
+        f"min_loss_lr_div10={div10} run_dir={result.run_dir}"
     )

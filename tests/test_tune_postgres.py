@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from covidreg.cli import app
 from covidreg.tune import storage
-from tests.tune_files import read_trials, tune_args, write_space
+from tests.tune_files import other_train_csv, read_trials, sha256, tune_args, write_space
 
 POSTGRES_ENV = "COVIDREG_TEST_POSTGRES_URL"
 runner = CliRunner()
@@ -238,6 +238,45 @@ def test_trial_of_a_killed_worker_runs_again(
     (retried,) = [t for t in trials if t.user_attrs.get("requeued_from") == killed.number]
     assert retried.params == killed.params
     assert sorted(int(r["number"]) for r in read_trials(tmp_path / "study")) == [0, 1, 2]
+
+
+def test_a_machine_on_another_file_is_refused(
+    database: str, hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A study on the server is one data set: a machine with the same bytes elsewhere joins
+    it, one with another file is refused before it adds a trial, and --show names the data."""
+    space = write_space(tmp_path)
+    first = tune_command(hw01_files, space, tmp_path / "machine0", database, "--trials", "1")
+    assert runner.invoke(app, first).exit_code == 0
+    copy = tmp_path / "machine1-data" / "covid.train.csv"
+    copy.parent.mkdir()
+    copy.write_bytes(hw01_files["train"].read_bytes())
+    same = {**hw01_files, "train": copy}
+    joined = runner.invoke(
+        app, tune_command(same, space, tmp_path / "machine1", database, "--trials", "2")
+    )
+    assert joined.exit_code == 0, joined.stderr
+    other = other_train_csv(hw01_files, tmp_path, "2023")
+    elsewhere = {**hw01_files, "train": other}
+    out = tmp_path / "machine2"
+    refused = runner.invoke(app, tune_command(elsewhere, space, out, database, "--trials", "3"))
+    assert refused.exit_code == 1
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    message = " ".join(refused.stderr.split())
+    assert f"error: study 'hw01' was run on {hw01_files['train'].resolve()} (2021 layout" in message
+    assert f"not on {other.resolve()} (2023 layout (34 states, 3 days x 18), sha256" in message
+    assert message.endswith("start a new one with --study NAME or another --storage")
+    assert not out.exists()
+    trials = study_trials(database)
+    assert len(trials) == 2
+    assert optuna.load_study(study_name="hw01", storage=storage.open_storage(database)).user_attrs[
+        "covidreg_data"
+    ]["sha256"] == sha256(hw01_files["train"])
+    shown = runner.invoke(
+        app, ["tune", "--show", "--storage", database, "--study", "hw01", "--out", str(out)]
+    )
+    assert shown.exit_code == 0, shown.stderr
+    assert f"data: {hw01_files['train'].resolve()} (2021 layout" in " ".join(shown.stderr.split())
 
 
 def free_port() -> int:

@@ -15,6 +15,9 @@ Design, in the order a trial lives it:
   categorical; ``values = [...]`` is the grid for ``--sampler grid``) and a ``[fixed]`` table of
   config keys applied to every trial. Precedence: defaults -> ``--config`` -> ``[fixed]`` -> CLI
   flags -> the sampled values.
+* **One data set.** A new study records its training file, the file's sha256 and its layout
+  as study user attributes (``study.data_record``); a run on other bytes is refused before
+  anything is written, on every storage. A study begun before this record is given it.
 * **Objective.** The mean of the per-fold best validation RMSE over ``n_folds`` folds of the
   config's split (blocked by default), with ``covidreg cv``'s folds, fold seeds and stacks, so
   the best value is what ``covidreg cv --config best.toml`` reports, bit for bit.

@@ -17,6 +17,7 @@ from covidreg.config import from_dict, to_toml
 from covidreg.errors import CovidRegError
 from covidreg.tune.storage import (
     ABANDONED,
+    ATTR_DATA,
     ATTR_FOLDS,
     JOURNAL_FILE,
     is_url,
@@ -65,6 +66,7 @@ class TuneResult:
     plot: Path | None
     trials_csv: Path
     target: int | None = None
+    data: dict[str, Any] | None = None  # the data set the study runs on; None: not recorded
 
     @property
     def top(self) -> list[TrialRow]:
@@ -73,6 +75,13 @@ class TuneResult:
 
     def count(self, state: str) -> int:
         return sum(t.state == state for t in self.trials)
+
+
+def data_label(record: dict[str, Any] | None) -> str:
+    """A study's data set for messages: the training file, its layout and sha256."""
+    if record is None:
+        return "not recorded (a study begun before covidreg recorded its data set)"
+    return f"{record['train_csv']} ({record['layout']}, sha256 {record['sha256'][:12]})"
 
 
 def _load_existing(study_name: str, storage: str) -> optuna.Study:
@@ -108,13 +117,14 @@ def show_study(
     study = _load_existing(study_name, storage)
     trials = study.get_trials(deepcopy=False)
     n_folds = int(study.user_attrs.get(ATTR_FOLDS, 0))
+    data = study.user_attrs.get(ATTR_DATA)
     rows = [TrialRow.of(t) for t in trials]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = min(complete, key=lambda t: t.value) if complete else None
     best_toml = None
     if best is not None:
         best_toml = run_dir / "best.toml"
-        artifacts.write_text(best_toml, best_config_toml(best, study_name, n_folds))
+        artifacts.write_text(best_toml, best_config_toml(best, study_name, n_folds, data))
     trials_csv = run_dir / "trials.csv"
     write_trials_csv(trials_csv, rows)
     plot = run_dir / "history.png" if trials else None
@@ -131,6 +141,7 @@ def show_study(
         plot=plot,
         trials_csv=trials_csv,
         target=target,
+        data=data,
     )
 
 
@@ -140,12 +151,15 @@ def objective_name(n_folds: int) -> str:
     return f"cv RMSE ({n_folds} folds)" if n_folds else "valid RMSE"
 
 
-def best_config_toml(best: FrozenTrial, study_name: str, n_folds: int) -> str:
+def best_config_toml(
+    best: FrozenTrial, study_name: str, n_folds: int, data: dict[str, Any] | None = None
+) -> str:
     """The best trial's config as a TOML file that ``covidreg train --config`` reads."""
     cfg = from_dict(best.user_attrs.get("config", {}), f"trial {best.number}")
     header = (
         f"# covidreg tune, study '{study_name}': best trial #{best.number}, "
         f"{objective_name(n_folds)} {best.value:.5f}\n"
+        f"# data: {data_label(data)}\n"
         "# Only the keys that differ from the defaults; use: covidreg train --config best.toml\n"
     )
     return header + to_toml(cfg, only_changed=True)

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 JOURNAL_FILE = "study.journal"
 # study user attributes: a resumed study must keep the objective it was started with
 ATTR_FOLDS, ATTR_STRIDE, ATTR_GRID = "covidreg_n_folds", "covidreg_step_stride", "covidreg_grid"
+# ... and its data set: the training file, its sha256 and layout (``study.data_record``)
+ATTR_DATA = "covidreg_data"
 _HOST = socket.gethostname()
 # A running trial on a database records a heartbeat this often; one silent for GRACE_SECONDS is
 # taken for dead (its worker was killed or lost its machine), failed and queued again.

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -15,9 +16,11 @@ from covidreg import tensorboard_logs
 from covidreg.config import Config, from_dict, to_dict
 from covidreg.errors import CovidRegError
 from covidreg.experiment import LoadedData, load_data
-from covidreg.tune.reports import TuneResult, show_study
+from covidreg.fetch import file_sha256
+from covidreg.tune.reports import TuneResult, data_label, show_study
 from covidreg.tune.space import SearchSpace
 from covidreg.tune.storage import (
+    ATTR_DATA,
     ATTR_FOLDS,
     ATTR_GRID,
     ATTR_STRIDE,
@@ -45,19 +48,6 @@ REPORTS_PER_FOLD = 100
 
 
 @dataclass
-class TunePlan:
-    job: TuneJob
-    run_dir: Path
-    workers: int
-    n_done: int
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def storage_label(self) -> str:
-        return storage_label(self.job.storage)
-
-
-@dataclass
 class TuneProgress:
     done: int
     target: int
@@ -66,6 +56,24 @@ class TuneProgress:
     n_failed: int
     best_value: float | None
     best_number: int | None
+
+
+@dataclass
+class TunePlan:
+    job: TuneJob
+    run_dir: Path
+    workers: int
+    progress: TuneProgress  # the study when it was opened, earlier runs' trials included
+    data: dict[str, Any]  # the data set the study runs on (``data_record``)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_done(self) -> int:
+        return self.progress.done
+
+    @property
+    def storage_label(self) -> str:
+        return storage_label(self.job.storage)
 
 
 def study_progress(study: optuna.Study, target: int) -> TuneProgress:
@@ -123,6 +131,70 @@ def _check_resumed(study: optuna.Study, n_folds: int, grid: bool, stride: int) -
             f"search space allows {stride}: use a new --study"
         )
     return int(attrs[ATTR_STRIDE])
+
+
+def data_record(data: LoadedData) -> dict[str, Any]:
+    """The data set a study records when it is created: the training file, its sha256 and its
+    layout. A study is one data set: values over other rows are not comparable, and its
+    best.toml would name another file than its best trial ran on."""
+    path = Path(data.train.path).resolve()
+    return {
+        "train_csv": str(path),
+        "sha256": file_sha256(path),
+        "rows": len(data.train),
+        "edition": data.layout.edition,
+        "layout": data.layout.describe(),
+        "columns": data.layout.to_dict(),
+    }
+
+
+def check_same_data(
+    study_name: str, recorded: dict[str, Any] | None, record: dict[str, Any], how_new: str
+) -> None:
+    """Refuse a training file of other bytes than the study's (a copy elsewhere is the same
+    data set); ``how_new`` says how to start a new study instead."""
+    if recorded is None or recorded["sha256"] == record["sha256"]:
+        return
+    if recorded["train_csv"] == record["train_csv"]:
+        now = f"which has changed since (sha256 {record['sha256'][:12]} now)"
+    else:
+        now = f"not on {data_label(record)}"
+    raise CovidRegError(
+        f"study '{study_name}' was run on {data_label(recorded)}, {now}: a study is one data "
+        f"set; start a new one with {how_new}"
+    )
+
+
+def _recorded_data(storage: str, study_name: str) -> dict[str, Any] | None:
+    """The data set an existing study recorded, read before anything is created or claimed
+    (a journal file that is not there is not created)."""
+    if not is_url(storage) and not Path(storage).is_file():
+        return None
+    backend = open_storage(storage)
+    try:
+        attrs = backend.get_study_user_attrs(backend.get_study_id_from_name(study_name))
+    except KeyError:
+        return None
+    return attrs.get(ATTR_DATA)
+
+
+def _record_data(
+    study: optuna.Study, record: dict[str, Any], how_new: str, warnings: list[str]
+) -> None:
+    """Record a new study's data set, or check a resumed one's; a study begun before studies
+    recorded their data is given this one."""
+    recorded = study.user_attrs.get(ATTR_DATA)
+    check_same_data(study.study_name, recorded, record, how_new)
+    if recorded is not None:
+        return
+    n_trials = len(study.get_trials(deepcopy=False))
+    if n_trials:
+        warnings.append(
+            f"study '{study.study_name}' has no record of its data set (it began before "
+            f"covidreg recorded one): it now records {data_label(record)}, and its "
+            f"{n_trials} earlier trial(s) are taken to have run on it"
+        )
+    study.set_user_attr(ATTR_DATA, record)
 
 
 def _check_options(
@@ -198,10 +270,16 @@ def plan_tune(
     warnings: list[str] = []
     if sampler == "grid":
         n_trials = _grid_trials(space, n_trials, warnings)
-    check_space(cfg, space, load_data(cfg, with_test=False), n_folds)
+    data = load_data(cfg, with_test=False)
+    check_space(cfg, space, data, n_folds)
+    record = data_record(data)
+    how_new = f"--study NAME or another {'--out' if storage is None else '--storage'}"
+    journal = str(study_dir_path(study_name, out, runs_dir) / JOURNAL_FILE)
+    if storage is not None or not overwrite:  # --overwrite starts a new default journal
+        check_same_data(study_name, _recorded_data(storage or journal, study_name), record, how_new)
     run_dir = study_run_dir(study_name, out, runs_dir, claim=True, overwrite=overwrite)
     if storage is None:
-        storage = str(run_dir / JOURNAL_FILE)
+        storage = journal
     elif storage.startswith("sqlite"):
         warnings.append(
             "SQLite is not safe for several workers (locking errors, lost updates); use the "
@@ -213,9 +291,11 @@ def plan_tune(
             storage=backend, study_name=study_name, direction="minimize", load_if_exists=True
         )
         stride = _check_resumed(study, n_folds, sampler == "grid", space.max_epochs(cfg))
-    n_done = study_progress(study, n_trials).done
+        # checked again under the lock: another machine may have begun the study since
+        _record_data(study, record, how_new, warnings)
+    progress = study_progress(study, n_trials)
     if workers is None:
-        workers = default_workers(n_trials - n_done, storage)
+        workers = default_workers(n_trials - progress.done, storage)
     if workers > 1:
         cfg = replace(cfg, threads=1)  # several processes: one thread each is fastest
     job = TuneJob(
@@ -231,7 +311,7 @@ def plan_tune(
         report_every=0 if pruner == "none" else max(1, stride // REPORTS_PER_FOLD),
         log_dir=str(run_dir / tensorboard_logs.LOG_DIR) if cfg.tensorboard else "",
     )
-    return TunePlan(job, run_dir, workers, n_done, warnings)
+    return TunePlan(job, run_dir, workers, progress, record, warnings)
 
 
 class TuneInterrupted(KeyboardInterrupt):
