@@ -7,6 +7,10 @@ width, and its stdout and stderr, in the order printed, go to ``docs/generated/<
 under a ``$ covidreg ...`` line. The plots the pages show are copied from the run directories
 into ``docs/images/``. ``make docs`` runs it, then builds the site.
 
+The 2023 files are not public where the docs are generated: the 2023 outputs come from
+synthetic files of the 2023 header (``write_synthetic``: tests/conftest.py's random walks under
+a fixed seed), in a checkout of their own whose ``data/`` holds them, and the pages say so.
+
     python docs/gen_outputs.py --data-dir ../shared/hw01 [--only train,cv]
 """
 
@@ -24,7 +28,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's covidreg and its tests' synthetic rows
+
+from covidreg.datadir import FILE_NAMES  # noqa: E402
+from covidreg.layout import EDITIONS  # noqa: E402
+from tests.conftest import synthetic_rows, write_hw01_csv  # noqa: E402
+
 GENERATED = ROOT / "docs" / "generated"
 IMAGES = ROOT / "docs" / "images"
 COLUMNS = "100"
@@ -40,6 +52,7 @@ class Shown:
     returncode: int = 0
     images: dict[str, str] = field(default_factory=dict)  # file in the run dir -> docs/images/
     files: dict[str, str] = field(default_factory=dict)  # file in the run dir -> shown after it
+    synthetic: bool = False  # runs where data/ holds synthetic files of SYNTHETIC's header
 
 
 SHOWN = [
@@ -52,9 +65,22 @@ SHOWN = [
     Shown("train-2022", "covidreg train --train-csv data/2022/covid.train.csv"),
     Shown("cv-2022", "covidreg cv --folds 5 --train-csv data/2022/covid.train.csv"),
     Shown(
+        "predict-2022",
+        "covidreg predict --model {train_2022_run} --test-csv data/2022/covid.test.csv "
+        "--out pred.csv",
+    ),
+    Shown(
         "predict-2022-layout",
         "covidreg predict --model {train_2022_run} --test-csv data/covid.test.csv --out p.csv",
         returncode=1,
+    ),
+    Shown("features-2023", "covidreg features", synthetic=True),
+    Shown("train-2023", "covidreg train", synthetic=True),
+    Shown("cv-2023", "covidreg cv --folds 5 --predict", synthetic=True),
+    Shown(
+        "predict-2023",
+        "covidreg predict --model {train_2023_run} --out pred.csv",
+        synthetic=True,
     ),
     Shown("train", "covidreg train", images={"learning_curve.png": "learning_curve.png"}),
     Shown("cv", "covidreg cv --folds 5 --predict", images={"learning_curves.png": "cv_curves.png"}),
@@ -117,12 +143,33 @@ def environment(workdir: Path) -> dict[str, str]:
     return env
 
 
-HW01_FILES = ("covid.train.csv", "covid.test.csv")
+HW01_FILES = FILE_NAMES["2021"]
+#: The edition whose outputs come from synthetic files (its real files are not public here).
+SYNTHETIC = "2023"
+
+
+def write_synthetic(folder: Path, edition: str, windows: int = 89, seed: int = 2023) -> None:
+    """``edition``'s training and test files, of its header, with made-up values: per state
+    ``windows`` training windows of consecutive days, then, past a gap that leaves no day shared
+    (as in 2021), a third as many test windows; rows shuffled (as the 2022 and 2023 files are)
+    under ``seed``, so the same call writes the same bytes. The defaults give about the 2023
+    files' sizes (3,026 and 986 rows against 3,009 and 997)."""
+    layout = EDITIONS[edition]
+    n_test, gap = windows // 3, layout.n_days - 1
+    per_state = windows + gap + n_test
+    rows = synthetic_rows(len(layout.states), per_state, seed, layout)
+    window = np.arange(len(rows)) % per_state
+    rng = np.random.default_rng(seed)
+    train, test = rows[window < windows], rows[window >= windows + gap]
+    folder.mkdir(parents=True, exist_ok=True)
+    train_name, test_name = FILE_NAMES[edition]
+    write_hw01_csv(folder / train_name, rng.permutation(train), layout=layout)
+    write_hw01_csv(folder / test_name, rng.permutation(test), with_target=False, layout=layout)
 
 
 def scratch(data_dir: Path, data_dir_2022: Path, workdir: Path) -> None:
     """A directory that looks like a fresh checkout (data/ empty) and two Kaggle downloads."""
-    (workdir / "data").mkdir()
+    (workdir / "data").mkdir(parents=True)
     (workdir / "configs").symlink_to(ROOT / "configs")
     for edition, folder in (("2021", data_dir), ("2022", data_dir_2022)):
         downloads = workdir / "home" / "Downloads" / f"ml{edition}spring-hw1"
@@ -205,9 +252,14 @@ def main() -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="covidreg-docs-") as tmp:
-        workdir = Path(tmp)
+        workdir, synthetic = Path(tmp) / "course", Path(tmp) / f"synthetic-{SYNTHETIC}"
         scratch(data_dir, data_dir_2022, workdir)
         env = environment(workdir)
+        # a checkout whose data directory holds the synthetic files, named by $COVIDREG_DATA_DIR
+        (synthetic / "home").mkdir(parents=True)
+        (synthetic / "configs").symlink_to(ROOT / "configs")
+        write_synthetic(synthetic / "data", SYNTHETIC)
+        synthetic_env = {**environment(synthetic), "COVIDREG_DATA_DIR": str(synthetic / "data")}
         if only and "fetch" not in only:
             (workdir / "data" / "2022").mkdir()
             for name in HW01_FILES:
@@ -218,7 +270,10 @@ def main() -> None:
             if only and shown.name not in only:
                 continue
             t0 = time.perf_counter()
-            text = run_shown(shown, workdir, env, runs)
+            if shown.synthetic:
+                text = run_shown(shown, synthetic, synthetic_env, runs)
+            else:
+                text = run_shown(shown, workdir, env, runs)
             (GENERATED / f"{shown.name}.txt").write_text(text)
             print(f"{shown.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         for name in EXAMPLES:

@@ -1,9 +1,11 @@
 """The built site in a real browser: headless Chromium, driven through its DevTools protocol.
 
-The site is built from this checkout and served over http on 127.0.0.1. Each page must render
-with its title and log no console error or failed request; the search box must find
-``ridge_blend``. A screenshot of each page is kept in the test's tmp_path. Without Chromium the
-tests skip, except in CI (``CI`` set), where a missing browser fails them.
+The site is built from this checkout, served over http on 127.0.0.1 and opened from disk
+(``file://.../index.html``, as README.md says). Each page must render with its title and log no
+console error or failed request; from disk, its links must lead to the pages, not to directory
+listings; the search box must find ``ridge_blend`` either way. A screenshot of each page is kept
+in the test's tmp_path. Without Chromium the tests skip, except in CI (``CI`` set), where a
+missing browser fails them.
 """
 
 from __future__ import annotations
@@ -126,8 +128,12 @@ class DevTools:
 
 
 @pytest.fixture(scope="module")
-def site_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    site = build_site(tmp_path_factory.mktemp("site"))
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_site(tmp_path_factory.mktemp("site"))
+
+
+@pytest.fixture(scope="module")
+def site_url(site: Path) -> Iterator[str]:
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -219,8 +225,8 @@ def screenshot(page: DevTools, path: Path) -> None:
     ("path", "title", "heading", "text"),
     [
         ("", "covidreg", "covidreg", "Honest validation by default"),
-        ("commands/train/", "train - covidreg", "covidreg train", "valid_rmse="),
-        ("api/", "Python API - covidreg", "Python API", "CovidRegressor"),
+        ("commands/train.html", "train - covidreg", "covidreg train", "valid_rmse="),
+        ("api.html", "Python API - covidreg", "Python API", "CovidRegressor"),
     ],
 )
 def test_a_page_renders(
@@ -241,20 +247,22 @@ def test_a_page_renders(
     assert text in page.evaluate("document.querySelector('article').innerText")
     # the theme's script ran: it turns the header's search into a live component
     page.wait_for("!!document.querySelector('.md-search__input')")
-    name = path.strip("/").replace("/", "-") or "index"
+    name = path.removesuffix(".html").replace("/", "-") or "index"
     screenshot(page, tmp_path / f"{name}.png")
     assert page.errors() == [], f"{path or 'home'} logged errors (screenshot {tmp_path})"
 
 
+@pytest.mark.parametrize("opened", ["served", "from disk"])
 def test_search_finds_ridge_blend(
-    site_url: str, browser: Callable[[], DevTools], tmp_path: Path
+    opened: str, site: Path, site_url: str, browser: Callable[[], DevTools], tmp_path: Path
 ) -> None:
     with urllib.request.urlopen(site_url + "search/search_index.json", timeout=TIMEOUT) as f:
         index = json.load(f)
     assert any("ridge_blend" in doc["text"] for doc in index["docs"])
 
     page = browser()
-    open_page(page, site_url)
+    # from disk, the theme reads the index from search/search_index.js (the offline plugin's)
+    open_page(page, site_url if opened == "served" else (site / "index.html").as_uri())
     page.evaluate("document.querySelector('.md-search__input').focus()")
     for char in "ridge_blend":
         page.send("Input.dispatchKeyEvent", type="keyDown", text=char, key=char)
@@ -268,3 +276,52 @@ def test_search_finds_ridge_blend(
     assert page.evaluate("document.querySelector('.md-search-result__meta').innerText")
     screenshot(page, tmp_path / "search.png")
     assert page.errors() == [], f"the search logged errors (screenshot {tmp_path})"
+
+
+def follow(page: DevTools, selector: str) -> None:
+    """Click the link ``selector`` finds and wait for the page it opens."""
+    href = page.evaluate(f"document.querySelector({json.dumps(selector)}).href")
+    page.evaluate(f"document.querySelector({json.dumps(selector)}).click()")
+    page.wait_event("Page.loadEventFired")
+    page.wait_for("document.readyState === 'complete'")
+    assert page.evaluate("location.href") == href
+
+
+def shows(page: DevTools, title: str, heading: str) -> None:
+    """The page is ``title``'s, not a directory listing of its folder."""
+    assert page.evaluate("document.title") == title
+    assert page.evaluate("document.querySelector('article h1').textContent.trim()").startswith(
+        heading
+    )
+    assert "Index of" not in page.evaluate("document.body.innerText")
+
+
+def test_the_site_works_opened_from_disk(
+    site: Path, browser: Callable[[], DevTools], tmp_path: Path
+) -> None:
+    page = browser()
+    open_page(page, (site / "index.html").as_uri())
+    shows(page, "covidreg", "covidreg")
+    # a link of the home page's text, then the navigation from a page in a folder
+    follow(page, 'article a[href="getting-started.html"]')
+    shows(page, "Getting started - covidreg", "Getting started")
+    assert page.evaluate("location.protocol") == "file:"
+    # the per-edition tabs: the first 2023 one shows that year's commands once chosen
+    shown = "document.querySelector('article').innerText"
+    assert "covidreg fetch --edition 2023 --from" not in page.evaluate(shown)
+    page.evaluate(
+        "[...document.querySelectorAll('.tabbed-labels label')]"
+        ".find(label => label.textContent.trim() === '2023').click()"
+    )
+    assert "covidreg fetch --edition 2023 --from" in page.evaluate(shown)
+    screenshot(page, tmp_path / "getting-started.png")
+    follow(page, 'nav a[href="commands/train.html"]')
+    shows(page, "train - covidreg", "covidreg train")
+    follow(page, 'nav a[href="../results.html"]')
+    shows(page, "Results - covidreg", "Results")
+    follow(page, 'nav a[href="commands/train.html"]')
+    images = page.evaluate(
+        "[...document.querySelectorAll('article img')].map(i => [i.src, i.naturalWidth])"
+    )
+    assert images and all(width > 0 for _, width in images), images
+    assert page.errors() == [], f"the site opened from disk logged errors (screenshot {tmp_path})"

@@ -8,14 +8,16 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import covidreg
+from covidreg.datadir import default_paths
 from covidreg.schema import read_hw01_csv
 from covidreg.splits import BlockedKFold
 
-frame = covidreg.read_hw01("data/covid.train.csv")
+train_csv, _ = default_paths()  # the data directory's training file, of any edition
+frame = covidreg.read_hw01(train_csv)
 layout = covidreg.layout_of(frame)  # the file's states, days and feature names
 X, y = frame[list(layout.feature_names)], frame[layout.target]
 # covidreg's blocked folds, on the day order recovered from the rows
-blocked = list(BlockedKFold(5).split(read_hw01_csv("data/covid.train.csv").order))
+blocked = list(BlockedKFold(5).split(read_hw01_csv(train_csv).order))
 ridge = make_pipeline(
     ColumnTransformer([("strong", StandardScaler(), list(layout.preset("strong")))]),
     RidgeCV(alphas=np.logspace(-3, 3, 13)),
