@@ -44,7 +44,7 @@ from covidreg.config import Config, resolve_config  # noqa: E402
 from covidreg.crossval import cross_validate, fold_seed, make_folds  # noqa: E402
 from covidreg.experiment import LoadedData, load_data  # noqa: E402
 from covidreg.seeds import seed_list  # noqa: E402
-from covidreg.splits import temporal_holdout  # noqa: E402
+from covidreg.splits import HOLDOUT_WINDOWS  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DEFAULT_LABEL = "covidreg default.toml (recommended setup)"
@@ -83,7 +83,6 @@ DELTA_PEERS = ("scikit-learn MLPRegressor", "skorch NeuralNetRegressor", "LightG
 PROTOCOL_PEER = "skorch NeuralNetRegressor"
 RIDGE_PEER = "scikit-learn RidgeCV"
 PROTOCOLS = ("cv", "future", "past")
-HOLDOUT_WINDOWS = 14  # per state, held out by each temporal hold-out
 PROTOCOL_TITLES = {
     "cv": "blocked {folds}-fold cv",
     "future": "future hold-out (each state's last 14 windows)",
@@ -149,13 +148,10 @@ def fold_matrix(summaries: list[dict], key: str) -> np.ndarray:
     return np.array([[f[key] for f in s["folds"]] for s in summaries])
 
 
-def holdouts(data: LoadedData) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """Each temporal hold-out as a list of one (train, held-out rows) split."""
-    table = data.train
-    return {
-        side: [temporal_holdout(table.order, table.states, HOLDOUT_WINDOWS, side)]
-        for side in ("future", "past")
-    }
+def holdouts(cfg: Config, data: LoadedData) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Each temporal hold-out as a list of one (train, held-out rows) split: the folds of
+    ``covidreg cv --protocol future`` (``past``)."""
+    return {side: make_folds(cfg, data, 1, side) for side in ("future", "past")}
 
 
 def holdout_rmse(
@@ -206,13 +202,13 @@ def covidreg_rows(data_dir: Path, n_folds: int, n_seeds: int, tmp: Path) -> dict
         start = time.perf_counter()
         summaries = run_cv(config, overrides, data_dir, n_folds, n_seeds, tmp / str(i))
         rows["cv"].append(Row(label, features, fold_matrix(summaries, "valid_rmse")))
-        for side, splits in holdouts(data).items():
+        for side, splits in holdouts(cfg, data).items():
             rows[side].append(Row(label, features, holdout_rmse(cfg, data, splits, n_seeds)))
         _progress(label, rows, f"{time.perf_counter() - start:.0f} s")
         if label == DEFAULT_LABEL:
             default_data, default_features = data, features
     folds = make_folds(Config(**paths), default_data, n_folds)
-    for protocol, splits in {"cv": folds, **holdouts(default_data)}.items():
+    for protocol, splits in {"cv": folds, **holdouts(Config(**paths), default_data)}.items():
         rows[protocol] += baseline_rows(default_data, splits, n_seeds, default_features)
     return rows
 
@@ -225,7 +221,7 @@ def peer_rows(data_dir: Path, n_folds: int, n_seeds: int, jobs: int) -> dict[str
     """
     cfg = Config(train_csv=str(data_dir / "covid.train.csv"), test_csv="")
     data = load_data(cfg, with_test=False)
-    splits = {"cv": make_folds(cfg, data, n_folds), **holdouts(data)}
+    splits = {"cv": make_folds(cfg, data, n_folds), **holdouts(cfg, data)}
     seeds = seed_list(cfg.seed, n_seeds)
     layout, default_names = data.layout, data.feature_names
     states = list(layout.preset("strong_states"))

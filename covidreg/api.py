@@ -286,6 +286,7 @@ def cv(
     config: ConfigLike = None,
     *,
     folds: int = 5,
+    protocol: str = "auto",
     out: str | Path | None = None,
     quiet: bool = False,
     predict: bool = False,
@@ -295,15 +296,18 @@ def cv(
     """``covidreg cv``: ``folds``-fold cross-validation of one config, with the baselines.
 
     ``config``, ``overrides``, ``out``, ``quiet`` and ``overwrite`` as for ``covidreg.train``;
-    ``predict``
-    also writes the fold ensemble's pred.csv for the test CSV.
+    ``protocol`` as ``covidreg cv --protocol``: auto (``folds`` folds of the config's split),
+    a k-fold kind, or a temporal hold-out (``future``, ``past``: one fold); ``predict`` also
+    writes the fold ensemble's pred.csv for the test CSV.
 
-    Example: ``covidreg.cv(folds=5, lr=3e-3).fold_rmse``
+    Example: ``covidreg.cv(folds=5, lr=3e-3).fold_rmse``, ``covidreg.cv(protocol="future")``
     """
     from covidreg import progress
 
     cfg = config_from(config, overrides, "covidreg.cv() arguments")
-    run = progress.displayed_cv(cfg, folds, out, predict, quiet, overwrite=overwrite)
+    run = progress.displayed_cv(
+        cfg, folds, out, predict, quiet, overwrite=overwrite, protocol=protocol
+    )
     if not quiet:
         progress.cv_summary(run, quiet=False)
     return CvResult(run.run_dir, cfg, run.summary, run.folds, run.pred_path)

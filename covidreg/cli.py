@@ -273,6 +273,14 @@ def _resume(run_dir: Path, given: list[str], quiet: bool) -> None:
 @with_config_options
 def cv(
     folds: Annotated[int, typer.Option(help="Number of folds (2 .. number of rows).")] = 5,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="What the folds are: auto (--folds folds of --split), blocked, random, "
+            "interleaved, or a temporal hold-out as the Results page scores: future (each "
+            "state's last 14 windows) or past (its first 14), one fold each.",
+        ),
+    ] = "auto",
     config: ConfigOpt = None,
     out: OutOpt = None,
     predict: Annotated[
@@ -290,7 +298,8 @@ def cv(
     Each fold trains as train does, early-stopping on its training rows' blocked tail.
     Its validation rows are only scored (--stop-on auto; valid stops on them instead).
 
-    Example: [bold]covidreg cv --folds 5 --config configs/sample.toml --split interleaved[/bold]
+    Example: [bold]covidreg cv --folds 5 --config configs/sample.toml --split interleaved[/bold],
+    [bold]covidreg cv --protocol future[/bold]
     """
     from covidreg import progress
 
@@ -302,13 +311,17 @@ def cv(
             fail(f"--seeds must be 1 or more, got {seeds}")
 
         if seeds == 1:
-            result = progress.displayed_cv(cfg, folds, out, predict, quiet, overwrite=overwrite)
+            result = progress.displayed_cv(
+                cfg, folds, out, predict, quiet, overwrite=overwrite, protocol=protocol
+            )
             progress.cv_summary(result, quiet)
             return
         from covidreg.seeds import repeat_over_seeds
 
         def run_one(seed_cfg: Config, seed_out: Path, data: Any) -> tuple[float, Any]:
-            result = progress.displayed_cv(seed_cfg, folds, seed_out, predict, quiet, data)
+            result = progress.displayed_cv(
+                seed_cfg, folds, seed_out, predict, quiet, data, protocol=protocol
+            )
             if not quiet:  # each seed's line on stderr: the one result line is the seeds'
                 progress.cv_summary(result, quiet=True, result_line=False)
             return result.summary["valid_rmse"]["mean"], result
@@ -320,7 +333,7 @@ def cv(
             "runs",
             "cv",
             run_one,
-            lambda c: check_cv_inputs(c, folds, predict),
+            lambda c: check_cv_inputs(c, folds, predict, protocol),
             overwrite,
         )
         progress.seeds_summary(repeated, quiet)

@@ -15,6 +15,7 @@ import torch
 from covidreg import artifacts, tensorboard_logs
 from covidreg.baselines import persistence_predict, ridge_fit_predict, rmse
 from covidreg.config import AUTO_LR, Config, to_toml
+from covidreg.datadir import AUTO
 from covidreg.engine import (
     DivergedAtOnce,
     EarlyStopping,
@@ -40,7 +41,7 @@ from covidreg.experiment import (
 from covidreg.processes import StackProcesses, process_count
 from covidreg.reproducibility import resolve_device
 from covidreg.schema import select
-from covidreg.splits import make_kfold
+from covidreg.splits import Splitter, make_splitter
 
 FOLD_COLUMNS = (
     "fold",
@@ -102,18 +103,28 @@ class CvResult:
     pred_path: Path | None
 
 
-def make_folds(cfg: Config, data: LoadedData, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    splitter = make_kfold(cfg.split, n_folds, cfg.seed, cfg.purge)
-    folds = list(splitter.split(data.train.order))
+def cv_splitter(cfg: Config, n_folds: int, protocol: str = AUTO) -> Splitter:
+    """``n_folds`` of the config's split, or the ``protocol`` named (``splits.SPLITTERS``: a
+    k-fold kind, or a temporal hold-out, one fold whatever ``n_folds``)."""
+    name = cfg.split if protocol == AUTO else protocol
+    return make_splitter(name, n_folds, cfg.seed, cfg.purge)
+
+
+def make_folds(
+    cfg: Config, data: LoadedData, n_folds: int, protocol: str = AUTO
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, valid) rows of each fold of ``cv_splitter``."""
+    splitter = cv_splitter(cfg, n_folds, protocol)
+    folds = list(splitter.split(data.train.order, data.train.states))
     for train_idx, _ in folds:
         preflight(cfg, data, len(train_idx))
     return folds
 
 
-def check_cv_inputs(cfg: Config, n_folds: int, with_test: bool) -> LoadedData:
+def check_cv_inputs(cfg: Config, n_folds: int, with_test: bool, protocol: str = AUTO) -> LoadedData:
     """Validate data, config and folds together before anything is written."""
     data = load_data(cfg, with_test=with_test)
-    make_folds(cfg, data, n_folds)
+    make_folds(cfg, data, n_folds, protocol)
     return data
 
 
@@ -147,10 +158,11 @@ def _fold_result(
     )
 
 
-def summarize(cfg: Config, n_folds: int, folds: list[FoldResult]) -> dict[str, Any]:
+def summarize(cfg: Config, split: str, folds: list[FoldResult]) -> dict[str, Any]:
+    """``split``: the folds' splitter (the config's split, or the protocol named)."""
     return {
-        "n_folds": n_folds,
-        "split": cfg.split,
+        "n_folds": len(folds),
+        "split": split,
         "seed": cfg.seed,
         "valid_rmse": mean_std([f.valid_rmse for f in folds]),
         "network_rmse": mean_std([f.network_rmse for f in folds]),
@@ -314,16 +326,21 @@ def run_cv(
     on_fold_end: Callable[[FoldResult], None] | None = None,
     data: LoadedData | None = None,
     overwrite: bool = False,
+    protocol: str = AUTO,
 ) -> CvResult:
     """``covidreg cv``: train one model per fold and write the cv run directory.
 
+    ``protocol``: the folds (``make_folds``): auto, ``n_folds`` of the config's split; or a
+    splitter's name, such as the temporal hold-outs ``future`` and ``past`` (one fold each).
     ``data``: the CSVs already read and checked (``check_cv_inputs``), else they are read here.
     ``overwrite``: an ``out`` holding another run is replaced (else refused).
     """
     artifacts.check_run_target(out, overwrite)
     if data is None:
         data = load_data(cfg, with_test=write_predictions)
-    folds = make_folds(cfg, data, n_folds)
+    splitter = cv_splitter(cfg, n_folds, protocol)
+    folds = make_folds(cfg, data, n_folds, protocol)
+    name = cfg.split if protocol == AUTO else protocol
     # a run that fails before its first file (a fold's range test, an interrupt) leaves nothing
     with artifacts.run_dir_for(out, runs_dir, "cv", overwrite) as run_dir:
         if on_start is not None:
@@ -347,13 +364,14 @@ def run_cv(
         with artifacts.Plots() as plots:  # matplotlib loads beside the training
             start = time.perf_counter()
             cross_validate(cfg, data, folds, FoldEvents(on_fold_start, on_epoch, on_fold_fitted))
-            summary = {**summarize(cfg, n_folds, results), "data": data.record()}
+            summary = {**summarize(cfg, name, results), "data": data.record()}
+            summary["protocol"] = splitter.describe()
             summary["seconds"] = round(time.perf_counter() - start, 3)  # the folds' wall time
             pred_path = _write_cv_outputs(
                 run_dir, cfg, data, results, models, summary, write_predictions, plots
             )
             plots.finish()
-        return CvResult(run_dir, n_folds, cfg.split, results, summary, pred_path)
+        return CvResult(run_dir, len(folds), name, results, summary, pred_path)
 
 
 def _write_fold(

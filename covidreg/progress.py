@@ -245,6 +245,7 @@ def displayed_cv(
     quiet: bool,
     data: Any = None,
     overwrite: bool = False,
+    protocol: str = "auto",
 ) -> Any:
     """``crossval.run_cv`` with a progress bar per fold (none when ``quiet``)."""
     from covidreg.crossval import run_cv
@@ -261,6 +262,7 @@ def displayed_cv(
             on_fold_end=display.on_fold_end,
             data=data,
             overwrite=overwrite,
+            protocol=protocol,
         )
 
 
@@ -366,7 +368,8 @@ def cv_table(result: Any, width: int) -> Table:
             drop=6,
         ),
     ]
-    title = f"covidreg cv: {result.n_folds} {result.split} folds, {s['data']['layout']}"
+    protocol = s.get("protocol", f"{result.n_folds} {result.split} folds")
+    title = f"covidreg cv: {protocol}, {s['data']['layout']}"
     return fitting_table(title, columns, width, len(folds), full_file="cv.csv")
 
 

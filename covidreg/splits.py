@@ -16,7 +16,7 @@ per fold, ``holdout_split`` once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -104,7 +104,12 @@ class BlockedKFold:
         self.n_splits = _check_n_splits(n_splits)
         self.purge = purge
 
-    def split(self, order: DayOrder) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def describe(self) -> str:
+        return f"{self.n_splits} blocked folds"
+
+    def split(
+        self, order: DayOrder, groups: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         _check_enough_rows(self.n_splits, len(order))
         n_per_stretch = _stretch_sizes(order)
         if self.n_splits > n_per_stretch.max():
@@ -150,7 +155,12 @@ class RandomKFold:
         self.n_splits = _check_n_splits(n_splits)
         self.seed = seed
 
-    def split(self, order: DayOrder) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def describe(self) -> str:
+        return f"{self.n_splits} random folds"
+
+    def split(
+        self, order: DayOrder, groups: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         _check_enough_rows(self.n_splits, len(order))
         shuffled = _shuffled_rows(len(order), self.seed)
         for held_out in np.array_split(shuffled, self.n_splits):
@@ -172,29 +182,15 @@ class InterleavedKFold:
     def __init__(self, n_splits: int = 5) -> None:
         self.n_splits = _check_n_splits(n_splits)
 
-    def split(self, order: DayOrder) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def describe(self) -> str:
+        return f"{self.n_splits} interleaved folds"
+
+    def split(
+        self, order: DayOrder, groups: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         _check_enough_rows(self.n_splits, len(order))
         for k in range(self.n_splits):
             yield _interleaved_fold(len(order), self.n_splits, k)
-
-
-# --- by name ------------------------------------------------------------------------------------
-
-
-def _unknown_split(method: str) -> CovidRegError:
-    return CovidRegError(f"unknown split '{method}'; use blocked, random or interleaved")
-
-
-def make_kfold(
-    method: str, n_splits: int, seed: int = 0, purge: int | str = AUTO_PURGE
-) -> BlockedKFold | RandomKFold | InterleavedKFold:
-    if method == "blocked":
-        return BlockedKFold(n_splits, purge)
-    if method == "random":
-        return RandomKFold(n_splits, seed)
-    if method == "interleaved":
-        return InterleavedKFold(n_splits)
-    raise _unknown_split(method)
 
 
 def holdout_split(
@@ -229,7 +225,7 @@ def holdout_split(
         every = max(2, round(min(1 / valid_ratio, n + 1)))
         train_idx, valid_idx = _interleaved_fold(n, every, 0)
     else:
-        raise _unknown_split(method)
+        raise CovidRegError(f"unknown split '{method}'; use {', '.join(KFOLD_SPLITS)}")
     if len(train_idx) == 0 or len(valid_idx) == 0:
         raise CovidRegError(
             f"the {method} split of {n} rows with valid_ratio={valid_ratio} leaves "
@@ -252,6 +248,8 @@ def stopping_split(
 # --- temporal holdout ---------------------------------------------------------------------------
 
 SIDES = ("future", "past")
+#: Windows per state a temporal holdout holds out: two weeks of days, as the Results page.
+HOLDOUT_WINDOWS = 14
 
 
 def _windows_per_stretch(
@@ -275,7 +273,7 @@ def _windows_per_stretch(
 def temporal_holdout(
     order: DayOrder,
     states: np.ndarray,
-    n_windows: int = 14,
+    n_windows: int = HOLDOUT_WINDOWS,
     side: str = "future",
     purge: int | str = AUTO_PURGE,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -308,3 +306,58 @@ def temporal_holdout(
             "hold out fewer windows"
         )
     return train, valid_idx
+
+
+class TemporalHoldout:
+    """One split of days no model has seen: per state (``groups``), the last (``side =
+    "future"``) or first (``"past"``) ``n_windows`` windows held out, their neighbours purged
+    (``temporal_holdout``); the Results page's hold-outs, which resemble the Kaggle test."""
+
+    n_splits = 1
+
+    def __init__(
+        self, side: str = "future", n_windows: int = HOLDOUT_WINDOWS, purge: int | str = AUTO_PURGE
+    ) -> None:
+        if side not in SIDES:
+            raise CovidRegError(f"temporal holdout side must be future or past, got {side!r}")
+        if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1:
+            raise CovidRegError(f"temporal holdout needs n_windows >= 1, got {n_windows!r}")
+        _check_purge(purge)
+        self.side, self.n_windows, self.purge = side, n_windows, purge
+
+    def describe(self) -> str:
+        end = "last" if self.side == "future" else "first"
+        return f"{self.side} hold-out (each state's {end} {self.n_windows} windows)"
+
+    def split(
+        self, order: DayOrder, groups: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if groups is None:
+            raise CovidRegError("a temporal holdout needs each row's state (groups)")
+        yield temporal_holdout(order, groups, self.n_windows, self.side, self.purge)
+
+
+# --- by name ------------------------------------------------------------------------------------
+
+Splitter = BlockedKFold | RandomKFold | InterleavedKFold | TemporalHoldout
+
+#: Every splitter by name, built from (n_splits, seed, purge): the k-fold kinds, then the
+#: temporal hold-outs (one split each, whatever n_splits).
+SPLITTERS: dict[str, Callable[[int, int, int | str], Splitter]] = {
+    "blocked": lambda n_splits, seed, purge: BlockedKFold(n_splits, purge),
+    "random": lambda n_splits, seed, purge: RandomKFold(n_splits, seed),
+    "interleaved": lambda n_splits, seed, purge: InterleavedKFold(n_splits),
+    "future": lambda n_splits, seed, purge: TemporalHoldout("future", purge=purge),
+    "past": lambda n_splits, seed, purge: TemporalHoldout("past", purge=purge),
+}
+#: The splits a training run validates on (the config's ``split``): the k-fold kinds.
+KFOLD_SPLITS = ("blocked", "random", "interleaved")
+
+
+def make_splitter(
+    name: str, n_splits: int = 5, seed: int = 0, purge: int | str = AUTO_PURGE
+) -> Splitter:
+    """The splitter ``name`` names (``SPLITTERS``)."""
+    if name not in SPLITTERS:
+        raise CovidRegError(f"unknown split or protocol '{name}'; use {', '.join(SPLITTERS)}")
+    return SPLITTERS[name](n_splits, seed, purge)

@@ -20,7 +20,7 @@ from covidreg.engine import predict
 from covidreg.experiment import load_data
 from covidreg.inference import load_model
 from covidreg.processes import can_fork
-from covidreg.splits import make_kfold
+from covidreg.splits import make_splitter
 from tests.conftest import FEATURE_NAMES, PRESETS, synthetic_rows, windows_order, write_hw01_csv
 
 runner = CliRunner()
@@ -121,7 +121,7 @@ def test_every_row_is_in_exactly_one_validation_fold(
 @pytest.mark.parametrize("n_folds", [2, 3, 5, 8])
 def test_blocked_folds_share_no_day_with_their_training_rows(n_folds: int) -> None:
     position = ORDER.position
-    for train_idx, valid_idx in make_kfold("blocked", n_folds, purge=2).split(ORDER):
+    for train_idx, valid_idx in make_splitter("blocked", n_folds, purge=2).split(ORDER):
         for state in range(N_STATES):
             # row at position p of a state covers that state's days p, p+1, p+2
             def days(rows: np.ndarray, state: int = state) -> set[int]:
@@ -150,7 +150,7 @@ def test_cv_csv_has_one_row_per_fold(cv_run: Path) -> None:
     assert list(rows[0]) == CV_COLUMNS
     assert [int(r["fold"]) for r in rows] == [1, 2, 3]
     assert [int(r["seed"]) for r in rows] == [fold_seed(42, k) for k in (1, 2, 3)]
-    folds = list(make_kfold("blocked", 3, purge=2).split(ORDER))
+    folds = list(make_splitter("blocked", 3, purge=2).split(ORDER))
     for row, (train_idx, valid_idx) in zip(rows, folds, strict=True):
         assert int(row["train_rows"]) == len(train_idx)
         assert int(row["valid_rows"]) == len(valid_idx)
@@ -180,7 +180,7 @@ def test_fold_models_load_and_score_their_validation_rows(
 ) -> None:
     rows = read_cv_csv(cv_run / "cv.csv")
     table = raw(data["train"])
-    folds = list(make_kfold("blocked", 3, purge=2).split(ORDER))
+    folds = list(make_splitter("blocked", 3, purge=2).split(ORDER))
     for k, (row, (_, valid_idx)) in enumerate(zip(rows, folds, strict=True), start=1):
         loaded = load_model(cv_run / f"fold_{k}" / "model.pt")
         columns = [1 + FEATURE_NAMES.index(n) for n in loaded.feature_names]
@@ -303,7 +303,7 @@ def test_baselines_equal_hand_computations(cv_run: Path, data: dict[str, Path]) 
     rows = read_cv_csv(cv_run / "cv.csv")
     table = raw(data["train"])
     columns = [1 + FEATURE_NAMES.index(n) for n in PRESETS["strong"]]  # the default features
-    folds = list(make_kfold("blocked", 3, purge=2).split(ORDER))
+    folds = list(make_splitter("blocked", 3, purge=2).split(ORDER))
     for row, (train_idx, valid_idx) in zip(rows, folds, strict=True):
         y_valid = table[valid_idx, TARGET]
         persistence = table[valid_idx, TESTED_POSITIVE_D2]  # day 3 = day 2
@@ -333,7 +333,7 @@ def test_with_train_tail_the_validation_rows_are_only_scored(
     # for cv folds) the training must not notice
     stops_on = "valid" if stop_on == "valid" else "train_tail"
     rows = synthetic_rows(N_STATES, N_WINDOWS, seed=0)
-    folds = list(make_kfold("blocked", 3, purge=2).split(ORDER))
+    folds = list(make_splitter("blocked", 3, purge=2).split(ORDER))
     changed = rows.copy()
     changed[folds[1][1], TARGET] += 5.0
     other = write_hw01_csv(tmp_path / "changed.csv", changed)
@@ -358,3 +358,44 @@ def test_with_train_tail_the_validation_rows_are_only_scored(
         x = torch.from_numpy(table.train.features[np.ix_(valid, columns)].astype(np.float32))
         error = predict(model.model, x) - table.train.target[valid]
         assert float(row["valid_rmse"]) == pytest.approx(math.sqrt(np.mean(error**2)), rel=1e-5)
+
+
+# --- protocols ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("protocol", "end"), [("future", "last"), ("past", "first")])
+def test_cv_protocol_scores_the_temporal_holdout(
+    protocol: str, end: str, data: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / protocol
+    result = runner.invoke(app, cv_args(data, out, "--protocol", protocol, "--predict"))
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_folds"], summary["split"]) == (1, protocol)
+    assert summary["protocol"] == f"{protocol} hold-out (each state's {end} 14 windows)"
+    rows = read_cv_csv(out / "cv.csv")
+    # each of the 4 states' 14 windows held out; the 2 windows sharing a day with them purged
+    assert [(r["fold"], r["valid_rows"], r["train_rows"]) for r in rows] == [
+        ("1", str(4 * 14), str(4 * (N_WINDOWS - 14 - 2)))
+    ]
+    paths = {"train_csv": str(data["train"]), "test_csv": "", "batch_size": "16"}
+    cfg = resolve_config(None, paths)
+    (train_idx, valid_idx), *_ = make_splitter(protocol).split(ORDER, STATES)
+    assert len(train_idx) == int(rows[0]["train_rows"])
+    loaded = load_model(out / "fold_1" / "model.pt")
+    table = raw(data["train"])
+    x = torch.from_numpy(table[valid_idx][:, 1:TARGET].astype(np.float32))
+    got = predict(loaded.model, x[:, [FEATURE_NAMES.index(n) for n in loaded.feature_names]])
+    rmse = math.sqrt(float(np.mean((got - table[valid_idx, TARGET]) ** 2)))
+    assert rmse == pytest.approx(float(rows[0]["valid_rmse"]), rel=1e-6)
+    assert len(make_folds(cfg, load_data(cfg, with_test=False), 5, protocol)) == 1
+    assert (out / "pred.csv").is_file()
+
+
+def test_an_unknown_protocol_is_a_one_line_error(data: dict[str, Path], tmp_path: Path) -> None:
+    result = runner.invoke(app, cv_args(data, tmp_path / "run", "--protocol", "later"))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: unknown split or protocol 'later'; use blocked, random, interleaved, future, past\n"
+    )
+    assert not (tmp_path / "run").exists()

@@ -9,7 +9,7 @@ import pytest
 
 from covidreg.layout import EDITIONS
 from covidreg.schema import read_hw01_csv, shared_day_rows
-from covidreg.splits import make_kfold
+from covidreg.splits import make_splitter
 from tests.conftest import synthetic_rows, write_hw01_csv
 
 
@@ -35,7 +35,7 @@ def test_shuffled_rows_give_the_same_order_and_the_same_folds(year: str, tmp_pat
     shuffled = read_hw01_csv(tmp_path / "b.csv")
     np.testing.assert_array_equal(shuffled.order.position, in_order.order.position[perm])
     for n_folds in (3, 5):
-        splitter = make_kfold("blocked", n_folds)
+        splitter = make_splitter("blocked", n_folds)
         for (_, v1), (_, v2) in zip(
             splitter.split(in_order.order), splitter.split(shuffled.order), strict=True
         ):
@@ -52,11 +52,11 @@ def test_a_missing_window_breaks_a_chain_and_auto_purge_crosses_the_gap(tmp_path
     assert sorted(np.bincount(order.stretch).tolist()) == [14, 15]
     # the windows just before and after the gap share days, though in two stretches
     assert len(order.sharing_days(np.array([13]), np.array([14]))) == 1
-    for train, valid in make_kfold("blocked", 3).split(order):
+    for train, valid in make_splitter("blocked", 3).split(order):
         assert len(order.sharing_days(train, valid)) == 0
     # a number of windows is only that number
     leaks = [
-        len(order.sharing_days(t, v)) for t, v in make_kfold("blocked", 3, purge=1).split(order)
+        len(order.sharing_days(t, v)) for t, v in make_splitter("blocked", 3, purge=1).split(order)
     ]
     assert max(leaks) > 0
 

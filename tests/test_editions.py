@@ -18,7 +18,7 @@ import covidreg
 from covidreg.cli import app
 from covidreg.layout import EDITIONS
 from covidreg.schema import read_hw01_csv
-from covidreg.splits import make_kfold
+from covidreg.splits import make_splitter
 from tests.conftest import synthetic_rows, write_hw01_csv
 from tests.test_realdata import data_card_sums
 
@@ -119,7 +119,7 @@ def test_the_shuffled_file_gives_the_same_folds_as_the_ordered_one(tmp_path: Pat
     (tmp_path / "b").mkdir()
     ordered = read_hw01_csv(edition_files(tmp_path / "a", "2022")["train"])
     shuffled = read_hw01_csv(edition_files(tmp_path / "b", "2022", shuffle=True)["train"])
-    splitter = make_kfold("blocked", 5)
+    splitter = make_splitter("blocked", 5)
     # the same windows (each known by its target), in the same day order
     by_row = [
         [t.target[valid].tolist() for _, valid in splitter.split(t.order)]
@@ -263,7 +263,8 @@ def test_the_2021_file_shuffled_gives_the_same_cv_folds(
     tables = [read_hw01_csv(p) for p in (real_data_dir / "covid.train.csv", shuffled)]
     assert tables[1].order.n_stretches == 40
     folds = [
-        [set(t.ids[valid]) for _, valid in make_kfold("blocked", 5).split(t.order)] for t in tables
+        [set(t.ids[valid]) for _, valid in make_splitter("blocked", 5).split(t.order)]
+        for t in tables
     ]
     assert folds[0] == folds[1]
     cv_csv = []

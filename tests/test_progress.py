@@ -42,7 +42,7 @@ def cv_result(**changes: object) -> SimpleNamespace:
     cfg = Config(**changes)  # type: ignore[arg-type]
     folds = [fold(k, 1 + k / 10) for k in range(1, 6)]
     summary = {
-        **summarize(cfg, 5, folds),
+        **summarize(cfg, "blocked", folds),
         "data": {"layout": "2021 layout (40 states, 3 days x 18)"},
     }
     return SimpleNamespace(

@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from covidreg.dayorder import DayOrder
 from covidreg.errors import CovidRegError
+from covidreg.splits import SPLITTERS as REGISTRY
 from covidreg.splits import (
     BlockedKFold,
     InterleavedKFold,
     RandomKFold,
+    TemporalHoldout,
     holdout_split,
-    make_kfold,
+    make_splitter,
     temporal_holdout,
 )
 from tests.conftest import windows_order
@@ -160,13 +162,33 @@ def test_blocked_kfold_negative_purge() -> None:
 
 
 def test_make_kfold_by_name() -> None:
-    assert isinstance(make_kfold("blocked", 3, purge=1), BlockedKFold)
-    assert make_kfold("blocked", 3, purge=1).purge == 1
-    assert isinstance(make_kfold("random", 3, seed=5), RandomKFold)
-    assert make_kfold("random", 3, seed=5).seed == 5
-    assert isinstance(make_kfold("interleaved", 3), InterleavedKFold)
-    with pytest.raises(CovidRegError, match="unknown split 'stratified'"):
-        make_kfold("stratified", 3)
+    assert isinstance(make_splitter("blocked", 3, purge=1), BlockedKFold)
+    assert make_splitter("blocked", 3, purge=1).purge == 1
+    assert isinstance(make_splitter("random", 3, seed=5), RandomKFold)
+    assert make_splitter("random", 3, seed=5).seed == 5
+    assert isinstance(make_splitter("interleaved", 3), InterleavedKFold)
+    with pytest.raises(CovidRegError, match="unknown split or protocol 'stratified'"):
+        make_splitter("stratified", 3)
+    assert list(REGISTRY) == ["blocked", "random", "interleaved", "future", "past"]
+    future = make_splitter("future", 3, purge=1)
+    assert isinstance(future, TemporalHoldout)
+    assert (future.side, future.n_windows, future.purge, future.n_splits) == ("future", 14, 1, 1)
+    assert make_splitter("past").describe() == "past hold-out (each state's first 14 windows)"
+    assert make_splitter("blocked", 4).describe() == "4 blocked folds"
+
+
+@pytest.mark.parametrize("side", ["future", "past"])
+def test_temporal_holdout_splitter_is_the_one_split_of_temporal_holdout(side: str) -> None:
+    order, states = UNEVEN, UNEVEN.stretch
+    (train, valid), *rest = TemporalHoldout(side, 5).split(order, states)
+    assert rest == []
+    expected_train, expected_valid = temporal_holdout(order, states, 5, side)
+    np.testing.assert_array_equal(train, expected_train)
+    np.testing.assert_array_equal(valid, expected_valid)
+    with pytest.raises(CovidRegError, match="needs each row's state"):
+        next(TemporalHoldout(side).split(order))
+    with pytest.raises(CovidRegError, match="side must be future or past"):
+        TemporalHoldout("later")
 
 
 # --- holdout split -------------------------------------------------------------------------------
@@ -233,7 +255,7 @@ STATE_VECTORS = st.lists(st.integers(0, 5), max_size=40).map(lambda s: np.array(
 
 
 def split_once(method: str, order: DayOrder, n_splits: int, purge: int) -> Iterator:
-    return make_kfold(method, n_splits, seed=0, purge=purge).split(order)
+    return make_splitter(method, n_splits, seed=0, purge=purge).split(order)
 
 
 @settings(max_examples=150, deadline=None, database=None)
