@@ -20,7 +20,7 @@ import typer
 
 from covidreg import __version__
 from covidreg.config import FIELDS, Config, field_kind, is_list, resolve_config
-from covidreg.errors import CovidRegError
+from covidreg.errors import CovidRegError, did_you_mean
 
 app = typer.Typer(
     name="covidreg",
@@ -740,16 +740,14 @@ def usage_message(exc: Any, args: list[str]) -> str:
     """A usage error in one line: an unknown option with only the options it is close to (the
     parser offers any it finds faintly alike); a compare flag of a true/false key given no
     value, as such (the parser took the next option for its value)."""
-    import difflib
-
     missing = _valueless_compare_flag(args)
     if missing is not None:
         return f"{missing} takes values in compare: {missing} true (or true,false to compare both)"
     possibilities = getattr(exc, "possibilities", None)
     if possibilities is None:
         return exc.format_message()
-    close = difflib.get_close_matches(exc.option_name, possibilities, cutoff=0.8)
-    return exc.message + (f"; did you mean {' or '.join(sorted(close))}?" if close else "")
+    hint = did_you_mean(exc.option_name, possibilities)
+    return exc.message + (f"; {hint}" if hint else "")
 
 
 def _valueless_compare_flag(args: list[str]) -> str | None:
