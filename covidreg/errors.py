@@ -17,6 +17,10 @@ class MissingDependency(CovidRegError, ImportError):
     """An optional dependency is not installed; the message says how to install it."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was saved and how to go on."""
+
+
 def did_you_mean(name: str, known: Iterable[str], limit: int = 3) -> str:
     """``did you mean X?`` (``X or Y``, the closest first) naming what in ``known`` a mistyped
     ``name`` is a letter or two from, else ``''``: a far-fetched guess would only mislead."""
