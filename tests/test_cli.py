@@ -415,6 +415,24 @@ def test_an_interrupted_train_that_saved_nothing_says_why(
     assert not out.exists(), "the empty run directory is removed"
 
 
+def test_a_train_interrupted_while_writing_its_files_says_the_model_is_saved(
+    hw01_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covidreg import artifacts
+
+    def interrupted(self: artifacts.Plots) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts.Plots, "finish", interrupted)  # the plots, drawn last
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(hw01_files, out, "--checkpoint-every", "0"))
+    assert result.exit_code == 130
+    assert last_line(result.stderr) == (
+        f"interrupted: training had finished: {out / 'model.pt'} is saved, the run's other "
+        "files may be missing; train again for the whole run"
+    )
+
+
 def test_an_interrupted_train_seeds_says_how_to_resume(
     hw01_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
