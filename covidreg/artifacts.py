@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -156,11 +157,45 @@ def check_run_target(
             f"({_listed(foreign)}); choose another --out"
         )
     if names and not overwrite:
-        resume = f"continue it with --resume {path} if it was interrupted, " if resumable else ""
+        held = held_run(path, names)
+        if resumable and held == INTERRUPTED_TRAIN:
+            resume = f"'covidreg train --resume {shlex.quote(str(path))}'"
+            how = f"continue it with {resume}, replace it with --overwrite, or choose another --out"
+        else:
+            how = "choose another --out, or replace it with --overwrite"
         raise CovidRegError(
-            f"output directory {path} already holds a run ({_listed(names)}); {resume}replace "
-            "it with --overwrite, or choose another --out"
+            f"output directory {path} already holds {held} ({_listed(names)}); {how}"
         )
+
+
+INTERRUPTED_TRAIN = "an interrupted train run"
+
+
+def held_run(path: Path, names: list[str]) -> str:
+    """What kind of covidreg run the entries ``names`` of the directory ``path`` are."""
+    if "training_state.pt" in names:  # train and train --seeds save it until they finish
+        return INTERRUPTED_TRAIN
+    if "seeds.json" in names:
+        command = "cv" if any(path.glob("seed_*/cv.csv")) else "train"
+        return f"a finished {command} --seeds run"
+    for start, kind in _RUN_KINDS:
+        if any(name.startswith(start) for name in names):
+            return kind
+    return "a run"
+
+
+# the entries that tell runs apart (by how their names start), in the order they decide
+_RUN_KINDS = (
+    ("model.pt", "a finished train run"),
+    ("cv.csv", "a cv run"),
+    ("compare.csv", "a compare run"),
+    ("lr_find.csv", "an lr-find run"),
+    ("study.journal", "a tune study's outputs"),
+    ("best.toml", "a tune study's outputs"),
+    ("trials.csv", "a tune study's outputs"),
+    ("fold_", "a cv run"),
+    ("seed_", "an unfinished --seeds run"),
+)
 
 
 def clear_run_dir(path: Path) -> None:

@@ -20,7 +20,7 @@ import typer
 
 from covidreg import __version__
 from covidreg.config import FIELDS, Config, field_kind, is_list, resolve_config
-from covidreg.errors import CovidRegError
+from covidreg.errors import CovidRegError, RunInterrupted, did_you_mean
 
 app = typer.Typer(
     name="covidreg",
@@ -108,6 +108,9 @@ def user_errors() -> Iterator[None]:
         yield
     except CovidRegError as exc:
         fail(str(exc))
+    except RunInterrupted as exc:  # a train run: what it saved and how to go on
+        print(f"interrupted: {exc}", file=sys.stderr)
+        raise typer.Exit(130) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
@@ -200,8 +203,9 @@ def train(
     *,
     overrides: dict[str, Any],
 ) -> None:
-    """Train one MLP (blended with a ridge regression: --ridge-blend) with a train/valid split,
-    early stopping on the valid rows and test predictions.
+    """Train one MLP on a train/valid split, early-stopping on the valid rows; predict the test CSV.
+
+    The network is blended with a ridge regression fitted on its training rows (--ridge-blend).
 
     Example: [bold]covidreg train --config configs/sample.toml --lr 3e-3 --out runs/try1[/bold]
     """
@@ -255,15 +259,16 @@ def _resume(run_dir: Path, given: list[str], quiet: bool) -> None:
 
     state = load_training_state(run_dir)
     warn_ignored_by_resume(given)
+    epochs = int(state["config"]["epochs"])
     if state["kind"] != SEEDS_STATE:
-        with progress.epoch_display(quiet) as display:
+        with progress.epoch_display(quiet, epochs) as display:
             result = resume_train(run_dir, display.on_epoch, display.on_start_resume, state)
         progress.train_summary(result, quiet)
         return
     from covidreg.crossval import FoldEvents
     from covidreg.seeds import resume_seeds
 
-    with progress.fold_display(quiet, int(state["config"]["epochs"]), label="seed") as display:
+    with progress.fold_display(quiet, epochs, label="seed") as display:
         events = FoldEvents(display.on_fold_start, display.on_epoch)
         repeated = resume_seeds(run_dir, state, events, display.on_start)
     progress.seeds_summary(repeated, quiet)
@@ -776,16 +781,14 @@ def usage_message(exc: Any, args: list[str]) -> str:
     """A usage error in one line: an unknown option with only the options it is close to (the
     parser offers any it finds faintly alike); a compare flag of a true/false key given no
     value, as such (the parser took the next option for its value)."""
-    import difflib
-
     missing = _valueless_compare_flag(args)
     if missing is not None:
         return f"{missing} takes values in compare: {missing} true (or true,false to compare both)"
     possibilities = getattr(exc, "possibilities", None)
     if possibilities is None:
         return exc.format_message()
-    close = difflib.get_close_matches(exc.option_name, possibilities, cutoff=0.8)
-    return exc.message + (f"; did you mean {' or '.join(sorted(close))}?" if close else "")
+    hint = did_you_mean(exc.option_name, possibilities)
+    return exc.message + (f"; {hint}" if hint else "")
 
 
 def _valueless_compare_flag(args: list[str]) -> str | None:

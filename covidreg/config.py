@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from covidreg.algorithms import OPTIMIZER_NAMES
 from covidreg.datadir import AUTO, DATA_DIR_ENV, EDITION_NAMES
-from covidreg.errors import CovidRegError
+from covidreg.errors import CovidRegError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -277,6 +277,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 _TYPES: dict[str, Any] = typing.get_type_hints(Config)
+#: The config's sections (its fields' groups, the headings of a run's config.toml), in order.
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(f.metadata["group"] for f in FIELDS.values()))
 
 
 def field_kind(name: str) -> type:
@@ -297,9 +299,8 @@ def _where(source: str) -> str:
 def coerce_value(name: str, value: Any, source: str = "", parse_text: bool = False) -> Any:
     """Check one value against its key's type; ``parse_text`` parses strings (CLI flags)."""
     if name not in FIELDS:
-        raise CovidRegError(
-            f"unknown config key '{name}'{_where(source)}; valid keys: {', '.join(FIELDS)}"
-        )
+        hint = did_you_mean(name, FIELDS) or f"valid keys: {', '.join(FIELDS)}"
+        raise CovidRegError(f"unknown config key '{name}'{_where(source)}; {hint}")
     kind = field_kind(name)
     if is_list(name):
         items = (
@@ -364,7 +365,51 @@ def load_toml(path: str | Path, given_as: str = "") -> dict[str, Any]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CovidRegError(f"config file {path} is not valid TOML: {exc}") from None
-    return {key: coerce_value(key, value, str(path)) for key, value in raw.items()}
+    return checked_values(raw, str(path))
+
+
+def checked_values(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """The flat dict of checked values of a config file (or dict) from ``source``. Its keys
+    stand at the top, or in tables named by the config's sections (``[train]``, as the headings
+    of a run's config.toml name them), each holding keys of its own section."""
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if isinstance(value, dict) and name not in FIELDS:
+            entries, where = _section_keys(name, value, source), _in_section(name, source)
+        else:
+            entries, where = {name: value}, source
+        for key, entry in entries.items():
+            if key in values:
+                raise CovidRegError(
+                    f"config key '{key}'{_where(source)} is given twice (at the top and in "
+                    f"[{FIELDS[key].metadata['group']}]); keep one"
+                )
+            values[key] = coerce_value(key, _python_value(entry), where)
+    return values
+
+
+def _in_section(section: str, source: str) -> str:
+    return f"[{section}]" + (f" of {source}" if source else "")
+
+
+def _section_keys(section: str, table: dict[str, Any], source: str) -> dict[str, Any]:
+    """The keys of table ``[section]``, which must be a section holding its own keys."""
+    belongs = {key: FIELDS[key].metadata["group"] for key in table if key in FIELDS}
+    if section not in SECTIONS:
+        tables = [f"[{s}]" for s in SECTIONS]
+        known = [f"its key '{key}' belongs in [{group}]" for key, group in belongs.items()]
+        hint = known[0] if known else did_you_mean(f"[{section}]", tables)
+        raise CovidRegError(
+            f"unknown config section [{section}]{_where(source)} (the sections are "
+            f"{', '.join(tables[:-1])} and {tables[-1]}){'; ' + hint if hint else ''}"
+        )
+    for key, group in belongs.items():
+        if group != section:
+            raise CovidRegError(
+                f"config key '{key}' in {_in_section(section, source)} belongs in [{group}]; "
+                "move it there"
+            )
+    return table
 
 
 def resolve_config(
@@ -409,7 +454,7 @@ def config_from(
     elif isinstance(config, (Config, dict)):
         given = to_dict(config) if isinstance(config, Config) else config
         what = "the Config" if isinstance(config, Config) else "the config dict"
-        values = {k: coerce_value(k, _python_value(v), what) for k, v in given.items()}
+        values = checked_values(given, what)
     elif isinstance(config, (str, Path)):
         values = load_toml(config)
     else:
@@ -565,7 +610,9 @@ def _toml_value(value: Any) -> str:
 
 
 def to_toml(cfg: Config, only_changed: bool = False) -> str:
-    """TOML text that ``resolve_config`` reads back to the same config."""
+    """TOML text that ``resolve_config`` reads back to the same config: flat keys, as the flags
+    name them, under a comment heading per section. Flat, not ``[section]`` tables, so that any
+    covidreg reads it, and a key copied from it or appended to it means the same anywhere."""
     defaults = Config()
     lines = []
     group = None
@@ -596,7 +643,7 @@ def config_reference() -> str:
     for name, f in FIELDS.items():
         if f.metadata["group"] != group:
             group = f.metadata["group"]
-            lines += ["", f"**{_GROUP_TITLES[group]}**", ""]
+            lines += ["", f"**{_GROUP_TITLES[group]}** (section `[{group}]`)", ""]
             lines += ["| key | flag | default | meaning |", "| --- | --- | --- | --- |"]
         value = getattr(defaults, name)
         shown = ",".join(map(str, value)) if isinstance(value, list) else value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from covidreg.engine import (
     history_records,
     predict,
 )
-from covidreg.errors import CovidRegError
+from covidreg.errors import CovidRegError, RunInterrupted
 from covidreg.layout import Layout
 from covidreg.lr_range import member_at_rate
 from covidreg.model import count_parameters, skip_index_for
@@ -332,33 +333,67 @@ def _train_into(
     if on_start is not None:
         on_start(run_dir, 0 if resume_state is None else int(resume_state["epoch"]))
 
+    saved_epoch = None if resume_state is None else int(resume_state["epoch"])
+
     def save_state(engine: Engine) -> None:
+        nonlocal saved_epoch
         artifacts.save_checkpoint(
             run_dir / STATE_FILE,
             {"kind": TRAIN_STATE, "config": to_dict(cfg), **engine.state_dict()},
             durable=False,
         )
+        saved_epoch = engine.epoch
 
     earlier = _resumed_history(resume_state) if cfg.tensorboard else []
-    with (
-        artifacts.Plots() as plots,  # matplotlib loads beside the training
-        tensorboard_logs.live_log(cfg, run_dir / tensorboard_logs.LOG_DIR, earlier) as log,
-    ):
-        fitted = fit_model(
-            cfg,
-            data,
-            train_idx,
-            valid_idx,
-            cfg.seed,
-            _logged(on_epoch, log),
-            save_state,
-            resume_state,
-        )
-        metrics = run_metrics(cfg, data, train_idx, valid_idx, fitted)
-        write_run(run_dir, cfg, data, valid_idx, fitted, metrics, plots)
-        plots.finish()
+    try:
+        with (
+            artifacts.Plots() as plots,  # matplotlib loads beside the training
+            tensorboard_logs.live_log(cfg, run_dir / tensorboard_logs.LOG_DIR, earlier) as log,
+        ):
+            fitted = fit_model(
+                cfg,
+                data,
+                train_idx,
+                valid_idx,
+                cfg.seed,
+                _logged(on_epoch, log),
+                save_state,
+                resume_state,
+            )
+            metrics = run_metrics(cfg, data, train_idx, valid_idx, fitted)
+            write_run(run_dir, cfg, data, valid_idx, fitted, metrics, plots)
+            plots.finish()
+    except KeyboardInterrupt:
+        raise RunInterrupted(interrupted_message(cfg, run_dir, saved_epoch)) from None
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     return RunResult(run_dir, metrics, fitted.result, fitted.result.message)
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"covidreg train --resume {shlex.quote(str(run_dir))}"
+
+
+def interrupted_message(cfg: Config, run_dir: Path, saved_epoch: int | None) -> str:
+    """What an interrupted train run kept (the training state of ``saved_epoch``, if any), and
+    how to go on."""
+    if saved_epoch is not None:
+        return (
+            f"the training state of epoch {saved_epoch} is saved in {run_dir}; continue with "
+            f"'{resume_command(run_dir)}'"
+        )
+    if (run_dir / "model.pt").exists():  # interrupted while it wrote its files
+        return (
+            f"training had finished: {run_dir / 'model.pt'} is saved, the run's other files "
+            "may be missing; train again for the whole run"
+        )
+    if cfg.checkpoint_every == 0:
+        why = "checkpoint_every = 0 saves no training state"
+    else:
+        why = (
+            f"the run stopped before its first training state (one is saved every "
+            f"{cfg.checkpoint_every} epochs: checkpoint_every)"
+        )
+    return f"nothing was saved to resume from: {why}"
 
 
 def _resumed_history(state: dict[str, Any] | None) -> list[EpochRecord]:

@@ -10,7 +10,6 @@ constant of one year's file.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from covidreg.errors import CovidRegError
+from covidreg.errors import CovidRegError, did_you_mean
 
 TESTED = "tested_positive"
 # the cli/ili family: the survey columns that track tested_positive best in every edition
@@ -130,8 +129,7 @@ class Layout:
                     f"feature preset '{name}' cannot be mixed with feature names; use it alone"
                 )
             if name not in self.feature_names:
-                close = difflib.get_close_matches(name, self.feature_names, n=3)
-                hint = f"did you mean {', '.join(close)}?" if close else "see 'covidreg features'"
+                hint = did_you_mean(name, self.feature_names) or "see 'covidreg features'"
                 raise CovidRegError(
                     f"unknown feature '{name}' for the {self.describe()}; presets: "
                     f"{', '.join(PRESET_HELP)}; {hint}"

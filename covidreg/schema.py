@@ -415,6 +415,29 @@ def table_from_frame(frame: Any, what: str = "DataFrame") -> HW01Table:
     return _table(what, layout, array, target is not None)
 
 
+def _counted(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _stretches(per_state: np.ndarray) -> str:
+    """How the states' rows chain into stretches, given each state's number of stretches."""
+    n_states, broken = len(per_state), per_state[per_state > 1]
+    text = (
+        f"{_counted(int(per_state.sum()), 'stretch', 'stretches')} of consecutive windows for "
+        f"{_counted(n_states, 'state', 'states')}"
+    )
+    if n_states == 1:  # the counts say it all
+        return text
+    if len(broken) == 0:
+        return f"{text} (each state one stretch)"
+    sizes = [str(n) for n in sorted(set(broken.tolist()))]
+    into = sizes[0] if len(sizes) == 1 else f"{', '.join(sizes[:-1])} or {sizes[-1]}"
+    if len(broken) == n_states:
+        return f"{text} (each state broken into {into})"
+    whole = _counted(n_states - len(broken), "state", "states")
+    return f"{text} ({whole} one stretch, {len(broken)} broken into {into})"
+
+
 def describe_files(train: HW01Table, test: HW01Table | None) -> list[str]:
     """What was found in a training file (and its test file): layout, rows, day order."""
     layout, order = train.layout, train.order
@@ -423,13 +446,8 @@ def describe_files(train: HW01Table, test: HW01Table | None) -> list[str]:
     )
     lines = [f"training CSV {train.path}: {layout.describe()}, {len(train)} rows"]
     if order.source == "data":
-        broken = per_state[per_state > 1]
-        lines.append(
-            f"day order: recovered from the rows' shared days, {order.n_stretches} stretches of "
-            f"consecutive windows for {int((per_state > 0).sum())} states "
-            f"({int((per_state == 1).sum())} states one stretch, {len(broken)} broken into "
-            f"{', '.join(map(str, sorted(set(broken.tolist())))) or '-'})"
-        )
+        chains = _stretches(per_state[per_state > 0])
+        lines.append(f"day order: recovered from the rows' shared days, {chains}")
     else:
         lines.append("day order: no two windows share a day; each state's rows in file order")
     if test is not None:

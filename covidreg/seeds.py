@@ -15,7 +15,7 @@ from covidreg import artifacts, tensorboard_logs
 from covidreg.config import MAX_SEED, Config, from_dict, to_dict
 from covidreg.crossval import FoldEvents, mean_std
 from covidreg.engine import Engine, FittedModel, stack_groups
-from covidreg.errors import CovidRegError
+from covidreg.errors import CovidRegError, RunInterrupted
 from covidreg.experiment import (
     SEEDS_STATE,
     STATE_FILE,
@@ -23,6 +23,7 @@ from covidreg.experiment import (
     LoadedData,
     check_train_inputs,
     read_test,
+    resume_command,
 )
 
 
@@ -134,6 +135,8 @@ def train_seeds(
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # only succeeds while the directory is empty
         raise
+    except KeyboardInterrupt:
+        raise RunInterrupted(_interrupted_message(cfg, run_dir)) from None
     result = _summarize(cfg, run_dir, runs, data)
     _remove_states(run_dir)
     return result
@@ -179,6 +182,22 @@ def _train_seed_stacks(
         cross_validate(cfg, data, holdouts, shown, seeds=seeds, holdouts=True, resume_states=saved)
         plots.finish()
     return runs
+
+
+def _interrupted_message(cfg: Config, run_dir: Path) -> str:
+    """What an interrupted --seeds run kept, and how to go on: its manifest is saved first, so
+    --resume always goes on, from the stacks' training states or from their start."""
+    resume = f"continue with '{resume_command(run_dir)}'"
+    if any(run_dir.glob("training_state.stack_*.pt")):
+        return f"the stacks' training states are saved in {run_dir}; {resume}"
+    if cfg.checkpoint_every == 0:
+        why = "checkpoint_every = 0 saves no training state"
+    else:
+        why = (
+            f"no stack had saved a training state yet (one is saved every "
+            f"{cfg.checkpoint_every} epochs: checkpoint_every)"
+        )
+    return f"{why}; {resume}, which trains the seeds from their start"
 
 
 def _saved_stacks(cfg: Config, run_dir: Path, n_seeds: int) -> dict[int, dict[str, Any]]:

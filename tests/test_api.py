@@ -85,7 +85,11 @@ def test_train_takes_a_config_object_a_toml_file_or_a_dict(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"lrr": 1e-3}, r"^unknown config key 'lrr' in covidreg.train\(\) arguments; valid keys"),
+        (
+            {"lrr": 1e-3},
+            r"^unknown config key 'lrr' in covidreg.train\(\) arguments; did you mean lr\?$",
+        ),
+        ({"rate": 1e-3}, r"^unknown config key 'rate' in covidreg.train\(\) arguments; valid keys"),
         ({"epochs": "ten"}, r"^config key 'epochs' in covidreg.train\(\) arguments must be int"),
         ({"epochs": 0}, r"^config key 'epochs' must be a positive integer, got 0$"),
         ({"hidden": 16}, r"^config key 'hidden' .* must be a non-empty list of int$"),

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +14,13 @@ from typer.testing import CliRunner
 
 from covidreg.cli import app
 from covidreg.config import Config, resolve_config
-from tests.conftest import RUN_FILES, synthetic_rows, train_args, write_hw01_csv
+from tests.conftest import (
+    RUN_FILES,
+    interrupted_run_dir,
+    synthetic_rows,
+    train_args,
+    write_hw01_csv,
+)
 
 runner = CliRunner()
 
@@ -207,6 +214,23 @@ def test_every_command_and_option_has_help() -> None:
                 assert getattr(param, "help", None), f"{name} --{param.name} has no help"
 
 
+def test_each_command_is_listed_with_a_whole_sentence() -> None:
+    """``covidreg --help`` lists each command with its docstring's first paragraph, line breaks
+    kept: that paragraph must be one sentence on one line, shown whole on a wide terminal."""
+    import inspect
+
+    import typer.main
+
+    listing = runner.invoke(app, ["--help"], env={"COLUMNS": "250"})
+    assert listing.exit_code == 0
+    rows = [line.strip("│ ") for line in listing.stdout.splitlines()]
+    for name, command in typer.main.get_command(app).commands.items():
+        first = inspect.cleandoc(command.help or "").split("\n\n")[0]
+        assert "\n" not in first, f"{name}'s description breaks: {first!r}"
+        assert first[0].isupper() and first.endswith("."), f"{name}: {first!r}"
+        assert any(row.split(None, 1) == [name, first] for row in rows), (name, listing.stdout)
+
+
 def test_config_flags_cover_every_config_key() -> None:
     import typer.main
 
@@ -322,3 +346,144 @@ def test_the_process_ends_with_its_output_flushed_and_its_exit_code(
     )
     assert failed.returncode == 1
     assert failed.stderr == "error: config key 'epochs' must be a positive integer, got 0\n"
+
+
+# --- Ctrl-C --------------------------------------------------------------------------------------
+
+
+def interrupt_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Ctrl-C as the progress display shows ``epoch`` (of any model)."""
+    from covidreg.progress import EpochDisplay
+
+    def on_epoch(self: EpochDisplay, record: Any, stopper: Any) -> None:
+        if record.epoch == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochDisplay, "on_epoch", on_epoch)
+
+
+def last_line(text: str) -> str:
+    return text.rstrip("\n").splitlines()[-1]
+
+
+def test_an_interrupted_train_says_how_to_resume(
+    hw01_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    args = train_args(hw01_files, out, "--epochs", "20", "--checkpoint-every", "5")
+    interrupt_at(monkeypatch, 7)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130
+    resume = f"covidreg train --resume {out}"
+    assert last_line(result.stderr) == (
+        f"interrupted: the training state of epoch 5 is saved in {out}; continue with '{resume}'"
+    )
+    interrupt_at(monkeypatch, 12)  # the resumed run, interrupted in its turn
+    again = runner.invoke(app, resume.split()[1:])
+    assert again.exit_code == 130
+    assert last_line(again.stderr).startswith("interrupted: the training state of epoch 10 is ")
+    monkeypatch.undo()
+    done = runner.invoke(app, resume.split()[1:])
+    assert done.exit_code == 0, done.stderr
+    assert {p.name for p in out.iterdir()} >= RUN_FILES
+
+
+@pytest.mark.parametrize(
+    ("every", "why"),
+    [
+        (
+            "10",
+            "the run stopped before its first training state (one is saved every 10 epochs: "
+            "checkpoint_every)",
+        ),
+        ("0", "checkpoint_every = 0 saves no training state"),
+    ],
+    ids=["before-the-first-state", "no-states"],
+)
+def test_an_interrupted_train_that_saved_nothing_says_why(
+    every: str,
+    why: str,
+    hw01_files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "run"
+    interrupt_at(monkeypatch, 7)
+    result = runner.invoke(app, train_args(hw01_files, out, "--checkpoint-every", every))
+    assert result.exit_code == 130
+    assert last_line(result.stderr) == f"interrupted: nothing was saved to resume from: {why}"
+    assert not out.exists(), "the empty run directory is removed"
+
+
+def test_a_train_interrupted_while_writing_its_files_says_the_model_is_saved(
+    hw01_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covidreg import artifacts
+
+    def interrupted(self: artifacts.Plots) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts.Plots, "finish", interrupted)  # the plots, drawn last
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(hw01_files, out, "--checkpoint-every", "0"))
+    assert result.exit_code == 130
+    assert last_line(result.stderr) == (
+        f"interrupted: training had finished: {out / 'model.pt'} is saved, the run's other "
+        "files may be missing; train again for the whole run"
+    )
+
+
+def test_an_interrupted_train_seeds_says_how_to_resume(
+    hw01_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "seeds"
+    flags = ("--seeds", "3", "--stack-size", "2", "--fold-processes", "1")
+    args = train_args(hw01_files, out, *flags, "--epochs", "20", "--checkpoint-every", "5")
+    interrupt_at(monkeypatch, 7)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130
+    assert last_line(result.stderr) == (
+        f"interrupted: the stacks' training states are saved in {out}; continue with "
+        f"'covidreg train --resume {out}'"
+    )
+    interrupt_at(monkeypatch, 3)
+    early = runner.invoke(app, train_args(hw01_files, tmp_path / "early", *flags))
+    assert early.exit_code == 130
+    assert last_line(early.stderr).startswith(
+        "interrupted: no stack had saved a training state yet (one is saved every 50 epochs: "
+        f"checkpoint_every); continue with 'covidreg train --resume {tmp_path / 'early'}', "
+        "which trains the seeds from their start"
+    )
+
+
+def test_an_interrupted_cv_is_a_plain_interrupted_line(
+    hw01_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    interrupt_at(monkeypatch, 3)
+    data = ["--train-csv", str(hw01_files["train"]), "--test-csv", str(hw01_files["test"])]
+    args = ["cv", *data, "--folds", "2", "--batch-size", "16", "--fold-processes", "1"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "cv")])
+    assert result.exit_code == 130
+    assert last_line(result.stderr) == "interrupted"
+
+
+def test_a_resumed_run_shows_its_total_epochs(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    out = interrupted_run_dir(hw01_files, tmp_path / "run")  # 20 epochs, stopped after 5
+    result = runner.invoke(app, ["train", "--resume", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert "resuming after epoch 5" in result.stderr
+    assert "20/20" in result.stderr and "/?" not in result.stderr
+
+
+def test_features_says_each_state_is_one_stretch_of_a_2023_file(tmp_path: Path) -> None:
+    from covidreg.layout import EDITIONS
+
+    layout = EDITIONS["2023"]
+    rows = synthetic_rows(len(layout.states), 10, 0, layout)
+    path = write_hw01_csv(tmp_path / "covid_train.csv", rows, layout=layout)
+    result = runner.invoke(app, ["features", "--train-csv", str(path), "--test-csv", ""])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[1] == (
+        "day order: recovered from the rows' shared days, 34 stretches of consecutive windows "
+        "for 34 states (each state one stretch)"
+    )

@@ -13,7 +13,9 @@ import pytest
 from covidreg.config import (
     CHOICES,
     FIELDS,
+    SECTIONS,
     Config,
+    config_from,
     field_kind,
     from_dict,
     resolve_config,
@@ -154,6 +156,98 @@ def test_unknown_key_in_file_is_named_with_the_file(tmp_path: Path) -> None:
 def test_unknown_key_in_overrides_is_named() -> None:
     with pytest.raises(CovidRegError, match=r"unknown config key 'epoch'.*command-line"):
         resolve_config(None, {"epoch": 3})
+
+
+@pytest.mark.parametrize(
+    ("typo", "hint"),
+    [
+        ("epoch", "did you mean epochs?"),
+        ("hiden", "did you mean hidden?"),
+        ("batchsize", "did you mean batch_size?"),
+        ("init_men", "did you mean init_mean or init_mode?"),
+        ("learning_rate", "valid keys: " + ", ".join(FIELDS)),  # no key is a letter or two away
+    ],
+)
+def test_a_mistyped_key_gets_did_you_mean_as_a_mistyped_flag_does(
+    typo: str, hint: str, tmp_path: Path
+) -> None:
+    path = write_toml(tmp_path, f"{typo} = 3\n")
+    with pytest.raises(CovidRegError) as info:
+        resolve_config(path)
+    assert str(info.value) == f"unknown config key '{typo}' in {path}; {hint}"
+    with pytest.raises(CovidRegError) as info:
+        config_from({typo: 3})
+    assert str(info.value) == f"unknown config key '{typo}' in the config dict; {hint}"
+
+
+# --- [section] tables ---------------------------------------------------------------------------
+
+
+def test_sections_named_as_the_headings_hold_their_keys(tmp_path: Path) -> None:
+    cfg = every_field_changed()
+    # a run's config.toml with its "# train" headings written as [train] tables
+    text = to_toml(cfg)
+    for section in SECTIONS:
+        text = text.replace(f"# {section}\n", f"[{section}]\n")
+    assert "[train]\nlr = " not in text and "[train]\noptimizer = " in text
+    assert resolve_config(write_toml(tmp_path, text)) == cfg
+    mixed = "epochs = 7\n[model]\nhidden = [8, 4]\n[train]\nlr = 0.01\n"
+    assert resolve_config(write_toml(tmp_path, mixed)) == Config(epochs=7, hidden=[8, 4], lr=0.01)
+    assert config_from({"train": {"lr": 0.01}, "epochs": 7}) == Config(epochs=7, lr=0.01)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[data]\nlr = 0.1\n",
+            "config key 'lr' in [data] of {path} belongs in [train]; move it there",
+        ),
+        (
+            "[training]\nepochs = 5\n",
+            "unknown config section [training] in {path} (the sections are [data], [model], "
+            "[train] and [run]); its key 'epochs' belongs in [train]",
+        ),
+        (
+            "[trian]\n",
+            "unknown config section [trian] in {path} (the sections are [data], [model], "
+            "[train] and [run]); did you mean [train]?",
+        ),
+        (
+            "[hyper]\nbogus = 1\n",
+            "unknown config section [hyper] in {path} (the sections are [data], [model], "
+            "[train] and [run])",
+        ),
+        (
+            "[train]\nepoch = 5\n",
+            "unknown config key 'epoch' in [train] of {path}; did you mean epochs?",
+        ),
+        (
+            '[train]\nepochs = "ten"\n',
+            "config key 'epochs' in [train] of {path} must be int, got 'ten'",
+        ),
+        (
+            "lr = 0.1\n[train]\nlr = 0.2\n",
+            "config key 'lr' in {path} is given twice (at the top and in [train]); keep one",
+        ),
+    ],
+    ids=[
+        "wrong-section",
+        "unknown-section",
+        "mistyped-section",
+        "foreign-table",
+        "unknown-key",
+        "wrong-type",
+        "twice",
+    ],
+)
+def test_a_key_out_of_its_section_is_one_line_naming_where_it_belongs(
+    text: str, message: str, tmp_path: Path
+) -> None:
+    path = write_toml(tmp_path, text)
+    with pytest.raises(CovidRegError) as info:
+        resolve_config(path)
+    assert str(info.value) == message.format(path=path)
 
 
 @pytest.mark.parametrize(
@@ -427,7 +521,7 @@ def test_config_from_rejects_by_name(config: Any, overrides: dict[str, Any], mes
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from covidreg.config import MAX_SEED, config_from, is_list, validate  # noqa: E402
+from covidreg.config import MAX_SEED, is_list, validate  # noqa: E402
 
 _SPECIAL_INTS = [-(2**63), -1, 0, MAX_SEED, MAX_SEED + 1, 2**31, 2**63, 10**30]
 _SPECIAL_FLOATS = [float("nan"), float("inf"), -float("inf"), 1e308, -1e308, 1e-320, 0.0, 1.0]

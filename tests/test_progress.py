@@ -91,3 +91,14 @@ def test_compare_table_keeps_every_number_whole() -> None:
     assert max(len(line) for line in text.splitlines()) <= 80
     for r in rows:
         assert f"{r.valid_rmse:.5f}" in text and r.variant.values["hidden"] in text
+
+
+def test_a_resumed_bar_starts_at_the_resumed_epoch_of_its_total() -> None:
+    from rich.progress import Progress
+
+    bar = Progress(console=Console(file=io.StringIO()))
+    display = progress.EpochDisplay(bar, 3000)
+    display.on_start_resume(Path("runs/x"), 2000)
+    (task,) = bar.tasks
+    assert (task.completed, task.total) == (2000, 3000)
+    display.finish()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -481,10 +482,57 @@ def test_an_out_holding_another_run_is_refused_and_left_untouched(
     result = runner.invoke(app, command_args(command, hw01_files, taken, tmp_path))
     assert result.exit_code == 1, result.stdout + result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert f"output directory {taken} already holds a run (" in result.stderr
+    assert f"output directory {taken} already holds a finished train run (" in result.stderr
     assert "--overwrite" in result.stderr
-    assert ("--resume" in result.stderr) == command.startswith("train")
+    assert "--resume" not in result.stderr, "a finished run has nothing to resume"
     assert snapshot(taken) == before, "nothing in the other run may change"
+
+
+# what another run's directory holds, as the refusal names it
+HELD_RUNS = {
+    "train --seeds": "a finished train --seeds run",
+    "cv": "a cv run",
+    "cv --seeds": "a finished cv --seeds run",
+    "compare": "a compare run",
+    "lr-find": "an lr-find run",
+    "tune": "a tune study's outputs",
+}
+
+
+@pytest.mark.parametrize("command", list(HELD_RUNS))
+def test_train_into_another_commands_run_says_what_it_holds_and_never_resume(
+    command: str, hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    taken = tmp_path / "other"
+    done = runner.invoke(app, command_args(command, hw01_files, taken, tmp_path))
+    assert done.exit_code == 0, done.stderr
+    for train in ("train", "train --seeds"):
+        result = runner.invoke(app, command_args(train, hw01_files, taken, tmp_path))
+        assert result.exit_code == 1
+        message = result.stderr.removeprefix("error: ")
+        assert message.startswith(f"output directory {taken} already holds {HELD_RUNS[command]} (")
+        assert message.endswith("; choose another --out, or replace it with --overwrite\n")
+        assert "--resume" not in message
+
+
+@pytest.mark.parametrize("command", ["train", "train --seeds", "cv"])
+def test_an_out_holding_an_interrupted_train_run_suggests_resume_to_train_only(
+    command: str, hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    taken = interrupted_run_dir(hw01_files, tmp_path / "cut")
+    result = runner.invoke(app, command_args(command, hw01_files, taken, tmp_path))
+    assert result.exit_code == 1
+    held = (
+        f"error: output directory {taken} already holds an interrupted train run ({STATE_FILE}); "
+    )
+    if command == "cv":  # cv cannot go on with it
+        assert result.stderr == f"{held}choose another --out, or replace it with --overwrite\n"
+    else:
+        assert result.stderr == (
+            f"{held}continue it with 'covidreg train --resume {taken}', replace it with "
+            "--overwrite, or choose another --out\n"
+        )
+    assert runner.invoke(app, ["train", "--resume", str(taken), "-q"]).exit_code == 0
 
 
 @pytest.mark.parametrize("command", RUN_COMMANDS)
@@ -524,7 +572,7 @@ def test_predict_after_a_refused_cv_still_reads_the_train_run(
     taken = tmp_path / "try1"
     assert runner.invoke(app, train_args(hw01_files, taken, "--epochs", "2", "-q")).exit_code == 0
     again = runner.invoke(app, train_args(hw01_files, taken, "--epochs", "5", "-q"))
-    assert again.exit_code == 1 and "already holds a run" in again.stderr
+    assert again.exit_code == 1 and "already holds a finished train run" in again.stderr
     cv = runner.invoke(app, command_args("cv", hw01_files, taken, tmp_path))
     assert cv.exit_code == 1 and not list(taken.glob("fold_*"))
     args = ["predict", "-m", str(taken), "--test-csv", str(hw01_files["test"])]
@@ -659,3 +707,142 @@ def test_predict_names_the_members_of_a_seeds_ensemble(
     result = runner.invoke(app, [*pred, "--out", str(tmp_path / "p.csv")])
     assert result.exit_code == 0, result.stderr
     assert "with the ensemble of 2 seed models" in result.stderr
+
+
+# --- docs/errors.md quotes the real messages ----------------------------------------------------
+
+ERRORS_MD = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+
+
+def documented_errors() -> dict[str, str]:
+    """docs/errors.md's table: each case and the message it quotes ('...' marks a cut)."""
+    quoted = {}
+    for line in ERRORS_MD.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[2].startswith("`") and cells[2].endswith("`"):
+            quoted[cells[0]] = cells[2][1:-1]
+    return quoted
+
+
+def quotes(quoted: str, message: str) -> bool:
+    """Whether ``quoted`` is ``message`` with the parts '...' stands for left out."""
+    first, *rest = quoted.split("...")
+    if not rest:
+        return message == quoted
+    if not message.startswith(first) or not message.endswith(rest[-1]):
+        return False
+    at = len(first)
+    for part in rest[:-1]:
+        found = message.find(part, at)
+        if found < 0:
+            return False
+        at = found + len(part)
+    return len(message) - len(rest[-1]) >= at
+
+
+def _documented_case(case: str, here: Path) -> list[str]:
+    """The command line of one case of docs/errors.md, its files written into ``here`` (the
+    working directory, which holds the real covid.train.csv and covid.test.csv)."""
+    train = ["--train-csv", "covid.train.csv"]
+    real = here / "covid.train.csv"
+    if case == "missing file":
+        return ["train", "--train-csv", "nope.csv"]
+    if case == "default data not fetched":
+        return ["train"]
+    if case == "empty file":
+        (here / "empty.csv").write_text("")
+        return ["train", "--train-csv", "empty.csv"]
+    if case == "directory as file":
+        (here / "a_dir").mkdir()
+        return ["train", "--train-csv", "a_dir"]
+    if case == "missing / renamed column":
+        return ["train", "--train-csv", _edit_columns(real, here / "m.csv", "drop").name]
+    if case == "extra column":
+        return ["train", "--train-csv", _edit_columns(real, here / "x.csv", "extra").name]
+    if case == "non-numeric, NaN or inf cell":
+        return ["train", "--train-csv", _edit_cell(real, here / "b.csv", 3, 41, "abc").name]
+    if case == "state one-hot not one-hot":
+        _edit_cell(real, here / "s.csv", 1, 2, "1")  # AL's first row with AK's 1 too
+        return ["train", "--train-csv", "s.csv"]
+    if case == "test file with the target":
+        return ["train", *train, "--test-csv", "covid.train.csv"]
+    if case == "training file without the target":
+        return ["train", "--train-csv", "covid.test.csv"]
+    if case == "checkpoint from another tool":
+        torch.save({"epoch": 5, "model": {"w": torch.ones(2)}}, here / "other.pt")
+        return ["predict", "--model", "other.pt", "--test-csv", "covid.test.csv"]
+    if case == "checkpoint with pickled objects":
+        torch.save(RunsACommand(), here / "evil.pt")
+        return ["predict", "--model", "evil.pt", "--test-csv", "covid.test.csv"]
+    if case == "truncated checkpoint":
+        artifacts.save_checkpoint(here / "whole.pt", {"kind": "model"})
+        whole = (here / "whole.pt").read_bytes()
+        (here / "cut.pt").write_bytes(whole[: len(whole) // 2])
+        return ["predict", "--model", "cut.pt", "--test-csv", "covid.test.csv"]
+    if case == "resume a finished run":
+        done = ["train", *train, "--epochs", "2", "--out", "runs/done", "-q"]
+        assert runner.invoke(app, done).exit_code == 0
+        return ["train", "--resume", "runs/done"]
+    if case == "unknown config key":
+        (here / "c.toml").write_text("epoch = 3\n")
+        return ["train", *train, "--config", "c.toml"]
+    if case == "key in another section":
+        (here / "c.toml").write_text("[data]\nlr = 0.1\n")
+        return ["train", *train, "--config", "c.toml"]
+    if case == "wrong type":
+        (here / "c.toml").write_text('epochs = "ten"\n')
+        return ["train", *train, "--config", "c.toml"]
+    if case == "zero or negative epochs":
+        return ["train", *train, "--epochs", "0"]
+    if case == "batch larger than the data":
+        return ["train", *train, "--batch-size", "5000"]
+    if case == "too many folds":
+        return ["cv", *train, "--folds", "5000"]
+    if case == "unwritable output":
+        (here / "a_file").write_text("x")
+        return ["train", *train, "--out", "a_file/run"]
+    if case == "output holding another run":
+        cv = ["cv", *train, "--folds", "2", "--epochs", "2", "--out", "runs/cv1", "-q"]
+        assert runner.invoke(app, cv).exit_code == 0
+        return ["train", *train, "--out", "runs/cv1"]
+    if case == "learning rate that diverges at once":
+        return ["train", *train, "--optimizer", "sgd", "--lr", "3", "--device", "cpu", "-q"]
+    assert case == "unknown option or bad number", f"docs/errors.md's case {case!r} is not run"
+    return ["train", "--bogus"]
+
+
+class RunsACommand:
+    """An object whose unpickling would call os.system: what a malicious checkpoint holds."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, ("true",))
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("case", list(documented_errors()))
+def test_docs_errors_md_quotes_each_real_message(
+    case: str, real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("covid.train.csv", "covid.test.csv"):
+        (tmp_path / name).symlink_to(real_data_dir / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COVIDREG_DATA_DIR", raising=False)
+    args = _documented_case(case, tmp_path)
+    if case == "unknown option or bad number":  # the entry point's usage errors, as installed
+        entry_point = "import sys; from covidreg.cli import main; sys.argv[0] = 'covidreg'; main()"
+        done = subprocess.run(
+            [sys.executable, "-c", entry_point, *args], capture_output=True, text=True, check=False
+        )
+        code, stderr = done.returncode, done.stderr
+    else:
+        result = runner.invoke(app, args)
+        code, stderr = result.exit_code, result.stderr
+    assert code == 1 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    message = stderr.removeprefix("error: ").rstrip("\n")
+    quoted = documented_errors()[case]
+    assert quotes(quoted, message), f"docs/errors.md quotes {quoted!r}, the message is {message!r}"
+
+
+def test_docs_errors_md_has_its_table() -> None:
+    assert len(documented_errors()) >= 20
+    assert quotes("a ... c", "a b c") and quotes("a ...", "a b") and not quotes("a ... d", "a b c")

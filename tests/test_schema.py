@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from covidreg import schema as schema_module
 from covidreg.errors import CovidRegError
-from covidreg.schema import fit_standardization, read_hw01_csv, select
+from covidreg.layout import EDITIONS
+from covidreg.schema import describe_files, fit_standardization, read_hw01_csv, select
 from tests.conftest import (
     DAILY,
     FEATURE_NAMES,
@@ -24,6 +25,7 @@ from tests.conftest import (
     STATES,
     TRAIN_HEADER,
     synthetic_rows,
+    write_hw01_csv,
 )
 
 resolve_features = LAYOUT.resolve_features
@@ -388,6 +390,46 @@ def test_nonexistent_file_hints_at_fetch_for_the_hw01_names(tmp_path: Path) -> N
         with pytest.raises(CovidRegError, match="does not exist; pass the files with") as info:
             read_hw01_csv(tmp_path / "data" / name)
         assert "'covidreg fetch [--edition" in str(info.value) and "--from DIR" in str(info.value)
+
+
+# --- what `covidreg features` says of a file ----------------------------------------------------
+
+LAYOUT_2023 = EDITIONS["2023"]
+
+
+def rows_2023(n_states: int, cut: dict[int, int]) -> np.ndarray:
+    """20 windows of each state, state s broken into ``cut[s]`` + 1 stretches (two windows taken
+    out per break: 3-day windows one apart still share a day)."""
+    rows = synthetic_rows(n_states, 20, 0, LAYOUT_2023)
+    gone = [s * 20 + 5 * (k + 1) + i for s, n in cut.items() for k in range(n) for i in (0, 1)]
+    return np.delete(rows, gone, axis=0)
+
+
+@pytest.mark.parametrize(
+    ("n_states", "cut", "counts", "detail"),
+    [
+        (34, {}, ("34 stretches", "34 states"), " (each state one stretch)"),
+        (1, {}, ("1 stretch", "1 state"), ""),
+        (1, {0: 2}, ("3 stretches", "1 state"), ""),
+        (2, {0: 1, 1: 1}, ("4 stretches", "2 states"), " (each state broken into 2)"),
+        (3, {1: 1}, ("4 stretches", "3 states"), " (2 states one stretch, 1 broken into 2)"),
+        (4, {0: 1, 2: 2, 3: 1}, ("8 stretches", "4 states"),
+         " (1 state one stretch, 3 broken into 2 or 3)"),
+    ],
+    ids=["none-broken", "one-state", "one-state-broken", "all-broken", "one-broken", "mixed"],
+)  # fmt: skip
+def test_the_day_order_line_reads_for_every_count(
+    n_states: int, cut: dict[int, int], counts: tuple[str, str], detail: str, tmp_path: Path
+) -> None:
+    rows = rows_2023(n_states, cut)
+    path = write_hw01_csv(tmp_path / "covid_train.csv", rows, layout=LAYOUT_2023)
+    table = read_hw01_csv(path)
+    assert table.layout.edition == "2023"
+    stretches, states = counts
+    assert describe_files(table, None)[1] == (
+        f"day order: recovered from the rows' shared days, {stretches} of consecutive windows "
+        f"for {states}{detail}"
+    )
 
 
 # --- property: the loader fails only with CovidRegError ------------------------------------------
