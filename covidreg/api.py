@@ -282,6 +282,37 @@ class CvResult(_FromRunDir):
         )
 
 
+def displayed_cv(
+    cfg: Any,
+    n_folds: int,
+    out: Any,
+    write_predictions: bool,
+    quiet: bool,
+    data: Any = None,
+    overwrite: bool = False,
+    protocol: str = "auto",
+) -> Any:
+    """``crossval.run_cv`` with a progress bar per fold (none when ``quiet``): the cv of
+    ``covidreg cv`` and ``covidreg.cv``. Here, not in ``progress``, which only displays."""
+    from covidreg.crossval import run_cv
+    from covidreg.progress import fold_display
+
+    with fold_display(quiet, cfg.epochs) as display:
+        return run_cv(
+            cfg,
+            n_folds,
+            out,
+            write_predictions=write_predictions,
+            on_start=display.on_start,
+            on_fold_start=display.on_fold_start,
+            on_epoch=display.on_epoch,
+            on_fold_end=display.on_fold_end,
+            data=data,
+            overwrite=overwrite,
+            protocol=protocol,
+        )
+
+
 def cv(
     config: ConfigLike = None,
     *,
@@ -305,9 +336,7 @@ def cv(
     from covidreg import progress
 
     cfg = config_from(config, overrides, "covidreg.cv() arguments")
-    run = progress.displayed_cv(
-        cfg, folds, out, predict, quiet, overwrite=overwrite, protocol=protocol
-    )
+    run = displayed_cv(cfg, folds, out, predict, quiet, overwrite=overwrite, protocol=protocol)
     if not quiet:
         progress.cv_summary(run, quiet=False)
     return CvResult(run.run_dir, cfg, run.summary, run.folds, run.pred_path)

@@ -310,13 +310,14 @@ def cv(
 
     with user_errors():
         cfg = resolve_config(config, overrides)
+        from covidreg.api import displayed_cv
         from covidreg.crossval import check_cv_inputs
 
         if seeds < 1:
             fail(f"--seeds must be 1 or more, got {seeds}")
 
         if seeds == 1:
-            result = progress.displayed_cv(
+            result = displayed_cv(
                 cfg, folds, out, predict, quiet, overwrite=overwrite, protocol=protocol
             )
             progress.cv_summary(result, quiet)
@@ -324,7 +325,7 @@ def cv(
         from covidreg.seeds import repeat_over_seeds
 
         def run_one(seed_cfg: Config, seed_out: Path, data: Any) -> tuple[float, Any]:
-            result = progress.displayed_cv(
+            result = displayed_cv(
                 seed_cfg, folds, seed_out, predict, quiet, data, protocol=protocol
             )
             if not quiet:  # each seed's line on stderr: the one result line is the seeds'

@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from covidreg import artifacts, tensorboard_logs
-from covidreg.config import FIELDS, Config, coerce_value, field_kind, is_list, resolve_config
+from covidreg.config import (
+    FIELDS,
+    Config,
+    coerce_value,
+    field_kind,
+    is_list,
+    resolve_config,
+    show_value,
+)
 from covidreg.engine import DivergedAtOnce, EpochRecord, FitResult, FittedModel
 from covidreg.errors import CovidRegError
 from covidreg.experiment import LoadedData, fit_model, load_data, member_for, preflight
@@ -82,16 +90,6 @@ class CompareResult:
     @property
     def best(self) -> VariantResult:
         return min(self.results, key=lambda r: r.valid_rmse)
-
-
-def show_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)  # the shortest text that reads back to the same float
-    if isinstance(value, list):
-        return ",".join(show_value(v) for v in value)
-    return str(value)
 
 
 def parse_values(key: str, text: str) -> list[Any]:

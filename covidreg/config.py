@@ -47,6 +47,8 @@ Device = Literal["auto", "cpu", "cuda"]
 StopOn = Literal["auto", "valid", "train_tail"]
 # lr = "auto": each model's learning rate comes from the range test on its own training rows
 AUTO_LR = "auto"
+# the bounds of the range test that lr = "auto" runs (the lr-find command's defaults)
+AUTO_START, AUTO_END, AUTO_STEPS = 1e-7, 10.0, 100
 # purge = "auto": the windows that share a day with a validation window (D - 1 on each side)
 AUTO_PURGE = "auto"
 #: Keys that take "auto" besides a number.
@@ -606,6 +608,17 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def show_value(value: Any) -> str:
+    """A value as a flag takes it (the text ``resolve_config`` parses back to it)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back to the same float
+    if isinstance(value, list):
+        return ",".join(show_value(v) for v in value)
     return str(value)
 
 

@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from covidreg import artifacts
-from covidreg.config import Config
+from covidreg.config import AUTO_END, AUTO_START, AUTO_STEPS, Config
 from covidreg.experiment import check_train_inputs, member_rows
 from covidreg.lr_range import (
-    AUTO_END,
-    AUTO_START,
-    AUTO_STEPS,
     RangeTest,
     check_bounds,
     run_range_test,

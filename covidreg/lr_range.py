@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from covidreg.config import AUTO_LR, Config
+from covidreg.config import AUTO_END, AUTO_LR, AUTO_START, AUTO_STEPS, Config
 from covidreg.engine import Member, build_member
 from covidreg.errors import CovidRegError
 from covidreg.layout import Layout
@@ -39,8 +39,6 @@ from covidreg.schema import Arrays
 SMOOTHING = 0.98  # the moving average's weight on the past, as fastai and Lightning use
 SKIP_BEGIN, SKIP_END = 10, 1  # steps no point is taken from (as Lightning leaves them out)
 DIVERGE = 4.0
-# the bounds of the test that lr = "auto" runs (those of the lr-find command's defaults)
-AUTO_START, AUTO_END, AUTO_STEPS = 1e-7, 10.0, 100
 
 
 @dataclass

@@ -237,35 +237,6 @@ def fold_display(quiet: bool, total: int, label: str = "fold") -> Iterator[FoldD
         display.finish()
 
 
-def displayed_cv(
-    cfg: Any,
-    n_folds: int,
-    out: Any,
-    write_predictions: bool,
-    quiet: bool,
-    data: Any = None,
-    overwrite: bool = False,
-    protocol: str = "auto",
-) -> Any:
-    """``crossval.run_cv`` with a progress bar per fold (none when ``quiet``)."""
-    from covidreg.crossval import run_cv
-
-    with fold_display(quiet, cfg.epochs) as display:
-        return run_cv(
-            cfg,
-            n_folds,
-            out,
-            write_predictions=write_predictions,
-            on_start=display.on_start,
-            on_fold_start=display.on_fold_start,
-            on_epoch=display.on_epoch,
-            on_fold_end=display.on_fold_end,
-            data=data,
-            overwrite=overwrite,
-            protocol=protocol,
-        )
-
-
 @dataclass
 class Column:
     """One column of a summary table: its header, its cells (text), and when it may go."""
@@ -596,7 +567,7 @@ def variant_display(quiet: bool) -> Iterator[VariantDisplay]:
 
 def compare_table(result: Any, width: int) -> Table:
     """One row per variant, the best in bold green, fitted to ``width`` columns."""
-    from covidreg.compare import show_value
+    from covidreg.config import show_value
 
     rows, folds = result.results, result.n_folds
     columns = [Column(k, [show_value(r.variant.values[k]) for r in rows]) for k in result.keys]
@@ -629,7 +600,7 @@ def compare_summary(result: Any, quiet: bool) -> None:
 
 def lr_find_summary(result: Any, quiet: bool) -> None:
     """The suggestion and its reference points in a table; the result line on stdout."""
-    from covidreg.lr_range import AUTO_END, AUTO_START, AUTO_STEPS
+    from covidreg.config import AUTO_END, AUTO_START, AUTO_STEPS
 
     test, found = result.test, result.test.suggestion
     div10 = "none" if found.min_loss_div10 is None else f"{found.min_loss_div10:.3g}"
