@@ -304,7 +304,8 @@ def fitting_table(
 def cv_table(result: Any, width: int) -> Table:
     """The per-fold table with mean, std, min and max, fitted to ``width`` columns."""
     s, folds = result.summary, result.folds
-    stats = ("mean", "std", "min", "max")
+    # one fold (a temporal hold-out) is its own mean: no summary rows
+    stats = ("mean", "std", "min", "max") if len(folds) > 1 else ()
     blank = [""] * len(stats)
 
     def with_stats(key: str, cells: list[str], spec: str = ".4f") -> list[str]:

@@ -71,6 +71,24 @@ def test_cv_table_keeps_every_number_whole(width: int, changes: dict[str, object
         assert "not shown at this width:" in text and "cv.csv" in text
 
 
+def test_a_one_fold_protocol_shows_its_fold_without_summary_rows() -> None:
+    result = cv_result()
+    result.folds = result.folds[:1]
+    result.summary = {
+        **summarize(Config(), "future", result.folds),
+        "protocol": "future hold-out (each state's last 14 windows)",
+        "data": result.summary["data"],
+    }
+    text = rendered(progress.cv_table(result, 200), 200)
+    assert "covidreg cv: future hold-out (each state's last 14 windows), 2021 layout" in text
+    assert f"{result.folds[0].valid_rmse:.4f}" in text
+    assert not any(
+        line.split("│")[1].strip() in {"mean", "std"}
+        for line in text.splitlines()[3:-1]
+        if "│" in line
+    )
+
+
 def test_compare_table_keeps_every_number_whole() -> None:
     def variant(lr: float, hidden: str) -> SimpleNamespace:
         return SimpleNamespace(
