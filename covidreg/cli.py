@@ -748,13 +748,15 @@ def fetch(
     tasks: dict[str, Any] = {}
 
     def on_progress(name: str, done: int, total: int | None) -> None:
+        if not tasks:  # the bars start with the first transfer: none when all is present
+            bars.start()
         if name not in tasks:
             tasks[name] = bars.add_task(name, total=total)
         bars.update(tasks[name], completed=done, total=total)
 
     with user_errors():
         source = source_from(url_base, from_dir)
-        with bars:
+        try:
             files = fetch_files(
                 data_dir() if dest is None else dest,
                 source,
@@ -764,6 +766,9 @@ def fetch(
                 edition,
                 if_missing,
             )
+        finally:
+            if tasks:
+                bars.stop()
     for file in files:
         out_console.print(file.summary(), markup=False, style=None if file.verified else "yellow")
 

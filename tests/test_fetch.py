@@ -429,6 +429,7 @@ def test_cli_fetch_auto_and_if_missing(editions: dict[str, Path], tmp_path: Path
     ]
     result = runner.invoke(app, [*args, "--if-missing", "--edition", "auto"])
     assert result.exit_code == 0, result.output
+    assert result.stderr == "", "nothing transferred: no progress bars, not even a blank line"
     assert [line.split(": ")[1] for line in result.stdout.splitlines()] == [
         "already present, verified"
     ] * 2
