@@ -650,10 +650,11 @@ def features(
     *,
     overrides: dict[str, Any],
 ) -> None:
-    """Show a training file's layout and day order, the feature presets and every feature name;
-    with --rank, rank its daily columns by what they add on blocked validation.
+    """Show a training file's layout and feature names; with --rank, rank its daily columns.
 
-    Without --rank only --train-csv, --test-csv and --edition (and a --config's) are read.
+    The layout, its day order, the feature presets and every feature name; --rank ranks the
+    daily columns by what they add on blocked validation. Without --rank only --train-csv,
+    --test-csv and --edition (and a --config's) are read.
 
     Example: [bold]covidreg features --train-csv data/covid.train.csv[/bold]
 
