@@ -108,7 +108,7 @@ RUN_ENTRIES = re.compile(
     r"model\.pt|config\.toml|history\.csv|metrics\.json|learning_curves?\.png"
     r"|valid_pred\.png|pred\.csv|training_state(\.stack_\d+)?\.pt|seeds\.json|seed_\d+"
     r"|cv\.csv|summary\.json|fold_\d+|compare\.csv|histories\.csv|curves\.png|spread\.png"
-    r"|lr_find\.(csv|json|png)|study\.journal.*|best\.toml|trials\.csv|history\.png|tensorboard"
+    r"|lr_find\.(csv|json|png)|rank\.(csv|json|png)|study\.journal.*|best\.toml|trials\.csv|history\.png|tensorboard"
     r"|\..+\.tmp"
 )
 # what a tune study writes: the same command resumes the study in that directory
@@ -190,6 +190,7 @@ _RUN_KINDS = (
     ("cv.csv", "a cv run"),
     ("compare.csv", "a compare run"),
     ("lr_find.csv", "an lr-find run"),
+    ("rank.csv", "a features --rank run"),
     ("study.journal", "a tune study's outputs"),
     ("best.toml", "a tune study's outputs"),
     ("trials.csv", "a tune study's outputs"),
@@ -526,10 +527,49 @@ def plot_lr_find(
     _save_figure(fig, path)
 
 
+def plot_rank(
+    path: str | Path,
+    labels: Sequence[str],
+    means: Sequence[float],
+    stds: Sequence[float],
+    highlighted: Sequence[bool],
+    title: str,
+) -> None:
+    """Horizontal bars of each group's mean RMSE increase (the first at the top) with its std
+    as an error bar; the ``highlighted`` groups (the strong preset's) in colour."""
+    height = max(3.0, 1.4 + 0.28 * len(labels))
+    fig = _figure(7, height)
+    # room for the longest name at the left, for two title lines and the x label
+    left = 0.05 + 0.0095 * max((len(label) for label in labels), default=0)
+    fig.subplots_adjust(left=left, right=0.97, bottom=0.6 / height, top=1 - 0.55 / height)
+    ax = fig.add_subplot()
+    rows = list(range(len(labels)))
+    colors = ["C0" if h else "0.65" for h in highlighted]
+    ax.barh(rows, means, xerr=stds, color=colors, error_kw={"lw": 0.9, "capsize": 2})
+    ax.set_yticks(rows)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("validation RMSE increase when the column's days are permuted (mean ± std)")
+    ax.set_title(title, fontsize=9)
+    if any(highlighted):
+        from matplotlib.patches import Patch
+
+        ax.legend(
+            handles=[Patch(color="C0", label="in the strong preset"), Patch(color="0.65")],
+            labels=["in the strong preset", "not in it"],
+            fontsize=8,
+            loc="lower right",
+        )
+    ax.grid(alpha=0.3, axis="x")
+    _save_figure(fig, path)
+
+
 PLOTS = {
     "learning_curve": plot_learning_curve,
     "predictions": plot_predictions,
     "spread": plot_spread,
+    "rank": plot_rank,
 }
 
 

@@ -609,49 +609,116 @@ def config_command(
         print(to_toml(resolve_config(config, overrides), only_changed=changed), end="")
 
 
+# the keys the layout display reads (without --rank)
+_LAYOUT_KEYS = ("train_csv", "test_csv", "edition")
+
+
 @app.command()
+@with_config_options
 def features(
-    train_csv: Annotated[
-        str,
+    rank: Annotated[
+        bool,
         typer.Option(
-            "--train-csv", help="Training CSV whose layout to show (auto: the data directory's)."
+            "--rank",
+            help="Rank the daily columns (each over its days) by what they add on blocked "
+            "validation: the permutation importance of the config's model trained on every "
+            "daily column, one model per fold. Writes rank.csv, rank.json and rank.png.",
         ),
-    ] = "auto",
-    test_csv: Annotated[
-        str, typer.Option("--test-csv", help="Its test CSV (auto: the data directory's; '' none).")
-    ] = "auto",
-    edition: Annotated[
-        str, typer.Option("--edition", help="Which edition auto paths name (2021, 2022, 2023).")
-    ] = "auto",
+    ] = False,
+    folds: Annotated[
+        Optional[int],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            help="--rank: the blocked folds. [dim]\\[default: 5][/dim]", show_default=False
+        ),
+    ] = None,
+    repeats: Annotated[
+        Optional[int],  # noqa: UP045 - Typer reads it
+        typer.Option(
+            help="--rank: permutations of each column on each fold. [dim]\\[default: 5][/dim]",
+            show_default=False,
+        ),
+    ] = None,
+    states: Annotated[
+        bool,
+        typer.Option(
+            "--states", help="--rank: the model also sees the state one-hots, ranked as one group."
+        ),
+    ] = False,
+    config: ConfigOpt = None,
+    out: OutOpt = None,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+    *,
+    overrides: dict[str, Any],
 ) -> None:
-    """Show a training file's layout and day order, the feature presets and every feature name.
+    """Show a training file's layout and feature names; with --rank, rank its daily columns.
+
+    The layout, its day order, the feature presets and every feature name; --rank ranks the
+    daily columns by what they add on blocked validation. Without --rank only --train-csv,
+    --test-csv and --edition (and a --config's) are read.
 
     Example: [bold]covidreg features --train-csv data/covid.train.csv[/bold]
+
+    Example: [bold]covidreg features --rank --folds 5 --out runs/rank[/bold]
     """
+    with user_errors():
+        if not rank:
+            given = {
+                "--folds": folds is not None,
+                "--repeats": repeats is not None,
+                "--states": states,
+                "--out": out is not None,
+                "--overwrite": overwrite,
+                "--quiet": quiet,
+            }
+            given.update({"--" + k.replace("_", "-"): v is not None for k, v in overrides.items()})
+            for flag, was_given in given.items():
+                if was_given and flag[2:].replace("-", "_") not in _LAYOUT_KEYS:
+                    fail(
+                        f"{flag} applies only with --rank: add --rank, or leave {flag} out to "
+                        "see the layout"
+                    )
+            _show_layout(resolve_config(config, overrides))
+            return
+        from covidreg import progress
+        from covidreg.importance import DEFAULT_FOLDS, DEFAULT_REPEATS, ignored_settings
+
+        cfg = resolve_config(config, overrides)
+        if not quiet:
+            for note in ignored_settings(cfg):
+                progress.warn(note)
+        n_folds = DEFAULT_FOLDS if folds is None else folds
+        n_repeats = DEFAULT_REPEATS if repeats is None else repeats
+        result = progress.displayed_rank(cfg, n_folds, n_repeats, states, out, quiet, overwrite)
+        progress.rank_summary(result, quiet)
+
+
+def _show_layout(cfg: Config) -> None:
+    """``covidreg features``: the training file's layout, day order, presets and names."""
     from covidreg.config import config_from
     from covidreg.datadir import resolve_paths
     from covidreg.experiment import load_data
     from covidreg.layout import PRESET_HELP
     from covidreg.schema import describe_files
 
-    with user_errors():
-        train, test = resolve_paths(train_csv, test_csv, edition)
-        if test_csv == "auto" and not Path(test).is_file():
-            test = ""  # the layout and day order need no test file
-        cfg = config_from(None, {"train_csv": train, "test_csv": test, "edition": edition})
-        data = load_data(cfg)
-        layout = data.layout
-        for line in describe_files(data.train, data.test):
-            print(line)
-        print()
-        for name in PRESET_HELP:
-            try:
-                names = layout.preset(name)
-            except CovidRegError as exc:
-                print(f"{name}: not available ({exc})")
-                continue
-            print(f"{name} ({len(names)}): {','.join(names)}")
-        print(f"\nfeature names: {','.join(layout.feature_names)}")
+    train, test = resolve_paths(cfg.train_csv, cfg.test_csv, cfg.edition)
+    if cfg.test_csv == "auto" and not Path(test).is_file():
+        test = ""  # the layout and day order need no test file
+    # every input column: a preset the layout lacks is shown as not available, not an error
+    values = {"train_csv": train, "test_csv": test, "edition": cfg.edition, "features": ["all"]}
+    data = load_data(config_from(None, values))
+    layout = data.layout
+    for line in describe_files(data.train, data.test):
+        print(line)
+    print()
+    for name in PRESET_HELP:
+        try:
+            names = layout.preset(name)
+        except CovidRegError as exc:
+            print(f"{name}: not available ({exc})")
+            continue
+        print(f"{name} ({len(names)}): {','.join(names)}")
+    print(f"\nfeature names: {','.join(layout.feature_names)}")
 
 
 @app.command()

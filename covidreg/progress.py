@@ -636,3 +636,100 @@ def lr_find_summary(result: Any, quiet: bool) -> None:
         f"suggested_lr={found.suggested:.3g} steepest_lr={found.steepest:.3g} "
         f"min_loss_lr_div10={div10} run_dir={result.run_dir}"
     )
+
+
+# --- covidreg features --rank --------------------------------------------------------------------
+
+
+def displayed_rank(
+    cfg: Any,
+    n_folds: int,
+    n_repeats: int,
+    with_states: bool,
+    out: Any,
+    quiet: bool,
+    overwrite: bool = False,
+) -> Any:
+    """``importance.run_rank`` with a progress bar per fold of the ranking model."""
+    from covidreg.crossval import FoldEvents
+    from covidreg.importance import run_rank
+
+    with fold_display(quiet, cfg.epochs) as display:
+        events = FoldEvents(
+            display.on_fold_start,
+            display.on_epoch,
+            lambda _k, fitted: display.on_fold_end(fitted),
+        )
+        return run_rank(
+            cfg,
+            n_folds,
+            n_repeats,
+            with_states,
+            out,
+            overwrite=overwrite,
+            on_start=display.on_start,
+            events=events,
+        )
+
+
+def _days(features: tuple[str, ...]) -> str:
+    """A group's days as the table shows them: d1-d3, d1-d2 (tested_positive), or a count."""
+    days = [name.rsplit("_d", 1)[-1] for name in features]
+    if all(day.isdigit() for day in days) and len(days) > 1:
+        return f"d{days[0]}-d{days[-1]}"
+    return f"d{days[0]}" if len(days) == 1 else f"{len(days)} columns"
+
+
+def rank_table(result: Any, width: int) -> Table:
+    """One row per group, most important first, fitted to ``width`` columns."""
+    from covidreg.importance import in_preset
+
+    ranking = result.ranking
+    groups, base = ranking.groups, ranking.cv_rmse()["mean"]
+    strong = in_preset(ranking)
+    columns = [
+        Column("rank", [str(i) for i in range(1, len(groups) + 1)]),
+        Column("column", [g.group.name for g in groups], justify="left"),
+        Column("days", [_days(g.group.features) for g in groups], drop=3),
+        Column("RMSE increase", [f"{g.mean:+.4f}" for g in groups]),
+        Column("± std", [f"{g.std:.4f}" for g in groups]),
+        Column("% of RMSE", [f"{100 * g.mean / base:+.1f}" for g in groups], drop=2),
+    ]
+    if strong:
+        marks = ["yes" if g.group.name in strong else "" for g in groups]
+        columns.append(Column("in strong", marks, justify="left", drop=1))
+    for k, fold in enumerate(ranking.folds):
+        cells = [f"{g.fold_means()[k]:+.4f}" for g in groups]
+        columns.append(Column(f"fold {fold.fold}", cells, drop=5 + k))
+    title = (
+        f"covidreg features --rank: permutation importance, {ranking.protocol} x "
+        f"{ranking.n_repeats} repeats, {ranking.layout.describe()}"
+    )
+    styles = ["bold" if g.group.name in strong else None for g in groups]
+    return fitting_table(title, columns, width, row_styles=styles, full_file="rank.csv")
+
+
+def rank_summary(result: Any, quiet: bool) -> None:
+    """The groups by importance, the ranking model's own cv RMSE; the result line on stdout."""
+    from covidreg.layout import TESTED
+
+    ranking = result.ranking
+    cv, persistence = ranking.cv_rmse(), ranking.persistence_rmse()
+    if not quiet:
+        err_console.print(rank_table(result, err_console.width))
+        err_console.print(
+            f"ranking model: {len(ranking.cfg.features)} inputs (every day of each column), "
+            f"blocked cv RMSE {cv['mean']:.4f} ± {cv['std']:.4f}, persistence "
+            f"{persistence['mean']:.4f}; ± std: over {len(ranking.folds)} folds x "
+            f"{ranking.n_repeats} repeats"
+        )
+        if ranking.delta_base_kept:
+            err_console.print(
+                f"{TESTED}: its known days permuted in the inputs only; the delta target's base "
+                f"({ranking.layout.last_known}) stays each row's own"
+            )
+        err_console.print(f"outputs: {result.run_dir} (rank.csv, rank.json, rank.png)")
+    order = ",".join(g.group.name for g in ranking.groups)
+    out_console.print(
+        f"rank={order} cv_rmse={cv['mean']:.5f}±{cv['std']:.5f} run_dir={result.run_dir}"
+    )

@@ -118,6 +118,16 @@ SHOWN = [
         images={"history.png": "tune_history.png"},
     ),
     Shown("features", "covidreg features"),
+    Shown(
+        "features-rank",
+        "covidreg features --rank",
+        images={"rank.png": "features_rank.png"},
+    ),
+    Shown(
+        "features-rank-2022",
+        "covidreg features --rank --train-csv data/2022/covid.train.csv",
+        images={"rank.png": "features_rank_2022.png"},
+    ),
     Shown("config-sample", "covidreg config --config configs/sample.toml --changed"),
     *[Shown(f"help-{name}", f"covidreg {name} --help") for name in COMMANDS],
 ]

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from covidreg.cli import app
 from covidreg.config import Config, resolve_config
 from tests.conftest import (
+    DAILY,
     RUN_FILES,
     interrupted_run_dir,
     synthetic_rows,
@@ -487,3 +488,105 @@ def test_features_says_each_state_is_one_stretch_of_a_2023_file(tmp_path: Path) 
         "day order: recovered from the rows' shared days, 34 stretches of consecutive windows "
         "for 34 states (each state one stretch)"
     )
+
+
+def rank_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """A quick `covidreg features --rank` on the synthetic files: 3 folds, 20 epochs."""
+    return [
+        "features", "--rank", "--train-csv", str(files["train"]), "--folds", "3",
+        "--repeats", "2", "--epochs", "20", "--batch-size", "16", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_features_rank_writes_the_ranking(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "rank"
+    result = runner.invoke(app, rank_args(hw01_files, out))
+    assert result.exit_code == 0, result.stderr
+    assert {p.name for p in out.iterdir()} == {"rank.csv", "rank.json", "rank.png", "config.toml"}
+    (line,) = result.stdout.splitlines()
+    order = line.split()[0].removeprefix("rank=").split(",")
+    assert sorted(order) == sorted(DAILY) and line.endswith(f"run_dir={out}")
+    ranked = [row.split(",")[1] for row in (out / "rank.csv").read_text().splitlines()[1:]]
+    assert ranked == order
+    assert "covidreg features --rank: permutation importance, 3 blocked folds x 2 repeats" in (
+        result.stderr
+    )
+    assert "ranking model: 53 inputs" in result.stderr
+    assert "tested_positive: its known days permuted in the inputs only" in result.stderr
+
+
+def test_features_rank_quiet_prints_one_line(hw01_files: dict[str, Path], tmp_path: Path) -> None:
+    args = rank_args(hw01_files, tmp_path / "rank", "--quiet", "--features", "all")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.count("\n") == 1 and result.stdout.startswith("rank=")
+    assert result.stderr == ""
+
+
+def test_features_rank_warns_of_the_settings_it_does_not_use(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    args = rank_args(hw01_files, tmp_path / "rank", "--split", "random", "--states")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert "warning: split random is not used: the ranking scores blocked folds" in result.stderr
+    assert "states" in result.stdout.split()[0]
+
+
+def test_features_rank_refuses_another_run_without_overwrite(
+    hw01_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "rank"
+    assert runner.invoke(app, rank_args(hw01_files, out, "-q")).exit_code == 0
+    again = runner.invoke(app, rank_args(hw01_files, out, "-q"))
+    assert again.exit_code == 1
+    assert again.stderr.startswith(
+        f"error: output directory {out} already holds a features --rank run"
+    )
+    assert runner.invoke(app, rank_args(hw01_files, out, "-q", "--overwrite")).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--repeats", "0"], "error: --repeats must be an integer >= 1, got 0\n"),
+        (["--folds", "1"], "error: number of folds must be an integer >= 2, got 1\n"),
+        (["--train-csv", "missing.csv"], "error: training CSV missing.csv"),
+        (["--lr", "fast"], "error: config key 'lr'"),
+    ],
+)
+def test_features_rank_bad_input_is_one_line(
+    hw01_files: dict[str, Path], tmp_path: Path, extra: list[str], message: str
+) -> None:
+    out = tmp_path / "rank"
+    result = runner.invoke(app, rank_args(hw01_files, out, *extra))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert not out.exists()
+
+
+def test_features_without_rank_refuses_the_ranking_options(hw01_files: dict[str, Path]) -> None:
+    for extra in (["--folds", "3"], ["--lr", "0.01"], ["--quiet"]):
+        args = ["features", "--train-csv", str(hw01_files["train"]), *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        assert result.stderr == (
+            f"error: {extra[0]} applies only with --rank: add --rank, or leave {extra[0]} out "
+            "to see the layout\n"
+        ), result.stderr
+    shown = runner.invoke(app, ["features", "--train-csv", str(hw01_files["train"])])
+    assert shown.exit_code == 0 and "strong (14): cli_d1," in shown.stdout
+
+
+def test_features_shows_a_layout_without_the_cli_family(tmp_path: Path) -> None:
+    from covidreg.layout import EDITIONS, Layout
+
+    base = EDITIONS["2021"]
+    layout = Layout(base.states, tuple(f"q_{c}" for c in base.daily[:-1]) + base.daily[-1:], 3)
+    path = write_hw01_csv(tmp_path / "t.csv", synthetic_rows(4, 30, 0), layout=layout)
+    result = runner.invoke(app, ["features", "--train-csv", str(path), "--test-csv", ""])
+    assert result.exit_code == 0, result.stderr
+    assert "strong: not available (feature preset 'strong' needs the daily column 'cli'" in (
+        result.stdout
+    )
+    assert "target_only (42): AL," in result.stdout
