@@ -313,6 +313,39 @@ def displayed_cv(
         )
 
 
+def displayed_rank(
+    cfg: Any,
+    n_folds: int,
+    n_repeats: int,
+    with_states: bool,
+    out: Any,
+    quiet: bool,
+    overwrite: bool = False,
+) -> Any:
+    """``importance.run_rank`` with a progress bar per fold of the ranking model: ``covidreg
+    features --rank``."""
+    from covidreg.crossval import FoldEvents
+    from covidreg.importance import run_rank
+    from covidreg.progress import fold_display
+
+    with fold_display(quiet, cfg.epochs) as display:
+        events = FoldEvents(
+            display.on_fold_start,
+            display.on_epoch,
+            lambda _k, fitted: display.on_fold_end(fitted),
+        )
+        return run_rank(
+            cfg,
+            n_folds,
+            n_repeats,
+            with_states,
+            out,
+            overwrite=overwrite,
+            on_start=display.on_start,
+            events=events,
+        )
+
+
 def cv(
     config: ConfigLike = None,
     *,

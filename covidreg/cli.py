@@ -689,7 +689,9 @@ def features(
                 progress.warn(note)
         n_folds = DEFAULT_FOLDS if folds is None else folds
         n_repeats = DEFAULT_REPEATS if repeats is None else repeats
-        result = progress.displayed_rank(cfg, n_folds, n_repeats, states, out, quiet, overwrite)
+        from covidreg.api import displayed_rank
+
+        result = displayed_rank(cfg, n_folds, n_repeats, states, out, quiet, overwrite)
         progress.rank_summary(result, quiet)
 
 

@@ -158,6 +158,14 @@ class Ranking:
         """Whether the permutations of tested_positive left the delta target's base alone."""
         return self.cfg.target == "delta"
 
+    def in_preset(self, preset: str = "strong") -> set[str]:
+        """The groups with a feature in ``preset`` (none where the layout lacks it)."""
+        try:
+            names = set(self.layout.preset(preset))
+        except CovidRegError:
+            return set()
+        return {g.group.name for g in self.groups if names & set(g.group.features)}
+
     def cv_rmse(self) -> dict[str, float]:
         return mean_std([f.rmse for f in self.folds])
 
@@ -368,22 +376,13 @@ def rank_summary(ranking: Ranking, data: LoadedData, seconds: float) -> dict[str
     }
 
 
-def in_preset(ranking: Ranking, preset: str = "strong") -> set[str]:
-    """The groups with a feature in ``preset`` (none where the layout lacks it)."""
-    try:
-        names = set(ranking.layout.preset(preset))
-    except CovidRegError:
-        return set()
-    return {g.group.name for g in ranking.groups if names & set(g.group.features)}
-
-
 def _write_rank(
     run_dir: Path, ranking: Ranking, summary: dict[str, Any], plots: artifacts.Plots
 ) -> None:
     artifacts.write_text(run_dir / "config.toml", to_toml(ranking.cfg))
     artifacts.write_csv(run_dir / "rank.csv", ranking.header(), ranking.rows())
     artifacts.write_json(run_dir / "rank.json", summary)
-    strong = in_preset(ranking)
+    strong = ranking.in_preset()
     plots.draw(
         "rank",
         run_dir / "rank.png",

@@ -641,37 +641,6 @@ def lr_find_summary(result: Any, quiet: bool) -> None:
 # --- covidreg features --rank --------------------------------------------------------------------
 
 
-def displayed_rank(
-    cfg: Any,
-    n_folds: int,
-    n_repeats: int,
-    with_states: bool,
-    out: Any,
-    quiet: bool,
-    overwrite: bool = False,
-) -> Any:
-    """``importance.run_rank`` with a progress bar per fold of the ranking model."""
-    from covidreg.crossval import FoldEvents
-    from covidreg.importance import run_rank
-
-    with fold_display(quiet, cfg.epochs) as display:
-        events = FoldEvents(
-            display.on_fold_start,
-            display.on_epoch,
-            lambda _k, fitted: display.on_fold_end(fitted),
-        )
-        return run_rank(
-            cfg,
-            n_folds,
-            n_repeats,
-            with_states,
-            out,
-            overwrite=overwrite,
-            on_start=display.on_start,
-            events=events,
-        )
-
-
 def _days(features: tuple[str, ...]) -> str:
     """A group's days as the table shows them: d1-d3, d1-d2 (tested_positive), or a count."""
     days = [name.rsplit("_d", 1)[-1] for name in features]
@@ -682,11 +651,9 @@ def _days(features: tuple[str, ...]) -> str:
 
 def rank_table(result: Any, width: int) -> Table:
     """One row per group, most important first, fitted to ``width`` columns."""
-    from covidreg.importance import in_preset
-
     ranking = result.ranking
     groups, base = ranking.groups, ranking.cv_rmse()["mean"]
-    strong = in_preset(ranking)
+    strong = ranking.in_preset()
     columns = [
         Column("rank", [str(i) for i in range(1, len(groups) + 1)]),
         Column("column", [g.group.name for g in groups], justify="left"),

@@ -20,7 +20,7 @@ TRAINING = (
     "covidreg.engine", "covidreg.stack", "covidreg.model", "covidreg.optimizers",
     "covidreg.experiment", "covidreg.crossval", "covidreg.seeds", "covidreg.compare",
     "covidreg.lr_range", "covidreg.lr_find", "covidreg.processes", "covidreg.estimator",
-    "covidreg.api", "covidreg.tune.study", "covidreg.tune.workers",
+    "covidreg.api", "covidreg.importance", "covidreg.tune.study", "covidreg.tune.workers",
 )  # fmt: skip
 
 
