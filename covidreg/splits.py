@@ -107,6 +107,16 @@ class BlockedKFold:
     def describe(self) -> str:
         return f"{self.n_splits} blocked folds"
 
+    def holdout(self, order: DayOrder, valid_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+        """The last ``valid_ratio`` of each stretch's days (train on earlier days, validate on
+        later ones), the ``purge`` windows before them dropped."""
+        n_per_stretch = _stretch_sizes(order)
+        n_valid = np.maximum(1, np.round(n_per_stretch * valid_ratio).astype(np.int64))
+        windows = resolve_purge(self.purge, order)
+        return _purged(
+            order, self.purge, _blocked_fold(order, n_per_stretch - n_valid, None, windows)
+        )
+
     def split(
         self, order: DayOrder, groups: np.ndarray | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -158,6 +168,12 @@ class RandomKFold:
     def describe(self) -> str:
         return f"{self.n_splits} random folds"
 
+    def holdout(self, order: DayOrder, valid_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+        """``valid_ratio`` of the rows of one seeded shuffle."""
+        n = len(order)
+        n_valid = max(1, round(n * valid_ratio))
+        return _random_fold(n, _shuffled_rows(n, self.seed)[:n_valid])
+
     def split(
         self, order: DayOrder, groups: np.ndarray | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -185,6 +201,14 @@ class InterleavedKFold:
     def describe(self) -> str:
         return f"{self.n_splits} interleaved folds"
 
+    def holdout(self, order: DayOrder, valid_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every k-th row with k = round(1 / valid_ratio), rows 0, k, 2k..., as the course
+        sample code."""
+        n = len(order)
+        # capped: a tiny ratio would overflow, and any k >= n already holds out only row 0
+        every = max(2, round(min(1 / valid_ratio, n + 1)))
+        return _interleaved_fold(n, every, 0)
+
     def split(
         self, order: DayOrder, groups: np.ndarray | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -200,32 +224,16 @@ def holdout_split(
     seed: int = 0,
     purge: int | str = AUTO_PURGE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One train/valid split holding out ``valid_ratio`` of the rows, by the k-fold rules.
-
-    blocked: the last ``valid_ratio`` of each stretch's days (train on earlier days, validate
-    on later ones), with ``purge`` windows before them dropped. random: a seeded shuffle.
-    interleaved: every k-th row with k = round(1 / valid_ratio), rows 0, k, 2k... as in the
-    course sample code.
-    """
+    """One train/valid split holding out ``valid_ratio`` of the rows: the ``holdout`` of the
+    k-fold splitter ``method`` names (blocked: each stretch's last days; random: a seeded
+    shuffle; interleaved: every k-th row, as in the course sample code)."""
     n = len(order)
     if not 0 < valid_ratio < 1:
         raise CovidRegError(f"valid_ratio must be between 0 and 1, got {valid_ratio}")
-    if method == "blocked":
-        n_per_stretch = _stretch_sizes(order)
-        n_valid = np.maximum(1, np.round(n_per_stretch * valid_ratio).astype(np.int64))
-        windows = resolve_purge(purge, order)
-        train_idx, valid_idx = _purged(
-            order, purge, _blocked_fold(order, n_per_stretch - n_valid, None, windows)
-        )
-    elif method == "random":
-        n_valid = max(1, round(n * valid_ratio))
-        train_idx, valid_idx = _random_fold(n, _shuffled_rows(n, seed)[:n_valid])
-    elif method == "interleaved":
-        # capped: a tiny ratio would overflow, and any k >= n already holds out only row 0
-        every = max(2, round(min(1 / valid_ratio, n + 1)))
-        train_idx, valid_idx = _interleaved_fold(n, every, 0)
-    else:
+    if method not in KFOLD_SPLITS:
         raise CovidRegError(f"unknown split '{method}'; use {', '.join(KFOLD_SPLITS)}")
+    splitter = make_splitter(method, seed=seed, purge=purge)
+    train_idx, valid_idx = splitter.holdout(order, valid_ratio)
     if len(train_idx) == 0 or len(valid_idx) == 0:
         raise CovidRegError(
             f"the {method} split of {n} rows with valid_ratio={valid_ratio} leaves "
