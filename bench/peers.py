@@ -14,7 +14,12 @@ dropped, the split of ``covidreg train``), as ``covidreg cv``'s folds do by defa
 ``covidreg_protocol`` makes a peer fit on the whole training fold and stop on the fold's
 validation rows instead, as ``covidreg cv --stop-on valid`` does.
 
-These libraries are bench dependencies (the ``bench`` extra), never covidreg's.
+FLAML's AutoML searches models of its own choosing by its own cross-validation of the training
+fold: it is given the whole training fold, as its documentation shows, and stops on nothing of
+ours. It is optional (the ``flaml`` extra): ``installed_peers`` leaves it out where it does not
+import, with a note that says how to install it.
+
+These libraries are bench dependencies (the ``bench`` and ``flaml`` extras), never covidreg's.
 """
 
 from __future__ import annotations
@@ -49,6 +54,20 @@ SKORCH_MAX_EPOCHS = 300
 SKORCH_PATIENCE = 20  # epochs without a 1e-4 relative improvement of the inner valid loss
 LGB_MAX_ROUNDS = 2000
 LGB_PATIENCE = 50  # boosting rounds without improvement on the inner valid rows
+# FLAML's documented example is time_budget=60: a wall-clock budget, so how far its search gets
+# depends on the machine and on what runs beside it. An iteration budget with no time budget is
+# reproducible: FLAML then counts trials where it would count seconds (its learner choice and
+# its searches' costs), so a seed gives the same models on any machine and at any load.
+# 60 models take 5-90 s a fit on one thread of a shared 2-core machine (default features to all
+# of them), about the example's 60 s; later trials cost ever more (100 models took 140 s on a
+# 2021 cv fold, 129 s of it in ever larger random forests), and the 2021 future RMSE moved
+# either way (seed 1: 1.2469 -> 1.2237 on the default features, 1.4775 -> 1.5223 on all).
+FLAML_MAX_ITER = 60
+# One seed of the three: each FLAML fit is a search of FLAML_MAX_ITER models, each scored by a
+# 5-fold cv; its rows on both editions took 20 minutes of two shared cores with one seed (the
+# rest of make results about 30), three seeds would take an hour. Its rows report no seed spread.
+FLAML_SEEDS = 1
+FLAML_MISSING = "FLAML not installed: pip install -e '.[flaml]'"
 
 
 @dataclass
@@ -73,6 +92,7 @@ class Peer:
     fit_predict: FitPredict
     seeded: bool  # False: the same fit whatever the seed (the seed spread is zero)
     stop_on_valid: bool = False  # see make_fold
+    n_seeds: int | None = None  # how many of the run's seeds it fits (None: every one)
 
 
 def inner_blocked_split(order: DayOrder) -> tuple[np.ndarray, np.ndarray]:
@@ -172,12 +192,52 @@ def lightgbm_gbm(fold: Fold, seed: int) -> np.ndarray:
     return model.predict(fold.x_valid)  # at the best iteration
 
 
+def flaml_automl(fold: Fold, seed: int) -> np.ndarray:
+    """FLAML AutoML, ``AutoML().fit(X, y, task="regression")`` on the whole training fold:
+    FLAML_MAX_ITER models of its default learners (LightGBM, XGBoost, random forest, extra
+    trees, SGD), chosen by the RMSE of its own shuffled 5-fold cv of those rows, the best then
+    refitted on all of them."""
+    from flaml import AutoML  # the optional flaml extra: see installed_peers
+
+    automl = AutoML()
+    automl.fit(
+        fold.x_train,
+        fold.y_train,
+        task="regression",
+        metric="rmse",
+        time_budget=-1,  # no wall-clock budget: see FLAML_MAX_ITER
+        max_iter=FLAML_MAX_ITER,
+        seed=seed,
+        n_jobs=1,
+        verbose=0,
+        # an installed mlflow would otherwise change the fit (no refit outside an mlflow run)
+        mlflow_logging=False,
+    )
+    return automl.predict(fold.x_valid)
+
+
 PEERS = [
     Peer("scikit-learn RidgeCV", ridge_cv, seeded=False),
     Peer("scikit-learn MLPRegressor", sklearn_mlp, seeded=True),
     Peer("skorch NeuralNetRegressor", skorch_mlp, seeded=True),
     Peer("LightGBM LGBMRegressor", lightgbm_gbm, seeded=True),
 ]
+FLAML_PEER = Peer("FLAML AutoML", flaml_automl, seeded=True, n_seeds=FLAML_SEEDS)
+
+
+def flaml_installed() -> bool:
+    try:
+        from flaml import AutoML  # noqa: F401  (flaml without its automl extra has none)
+    except ImportError:
+        return False
+    return True
+
+
+def installed_peers() -> tuple[list[Peer], list[str]]:
+    """PEERS and the optional peers whose library imports, and a note for each that does not."""
+    if flaml_installed():
+        return [*PEERS, FLAML_PEER], []
+    return list(PEERS), [FLAML_MISSING]
 
 
 @dataclass(frozen=True)
@@ -222,7 +282,9 @@ def peer_fold_rmse(
     seeds: list[int],
 ) -> np.ndarray:
     """Valid RMSE [seed, fold]; fold k (from 1) of run seed s fits with ``fold_seed(s, k)``,
-    the seed covidreg's fold k gets, reduced to LightGBM's 31-bit range."""
+    the seed covidreg's fold k gets, reduced to LightGBM's 31-bit range. A peer with
+    ``n_seeds`` fits the first ``n_seeds`` of ``seeds`` only."""
+    seeds = seeds[: peer.n_seeds]
     built = [
         make_fold(table, feature_names, train, valid, peer.stop_on_valid) for train, valid in folds
     ]
